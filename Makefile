@@ -1,0 +1,27 @@
+# The two commands of the README. Both create .venv and install what they need;
+# the install step re-runs only when pyproject.toml changes (a stamp file in .venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel on this machine's disk, never a CUDA download.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m yarn_jax.demo
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
