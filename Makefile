@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m yarn_jax.demo
+	$(PY) experiments/rope_frequencies.py
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q
