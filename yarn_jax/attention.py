@@ -1,0 +1,299 @@
+"""Causal grouped-query attention kernels, chosen by one switch (``implementation``).
+
+Shapes: q [B, T, H, D], k and v [B, S, K, D] with K dividing H (grouped-query attention; K = H is
+multi-head, K = 1 multi-query). RoPE is applied by the caller (its temperature is folded into
+cos/sin), so every kernel computes plain softmax(q k^T * scale) v.
+
+- ``xla``: dense reference, materialises [T, S] logits (float32 softmax).
+- ``chunked``: pure-JAX blockwise online softmax (FlashAttention-2's algorithm) with a custom
+  VJP: only O(T) residuals are kept (output and log-sum-exp), the backward pass recomputes
+  blocks, and blocks above the causal diagonal (or outside the sliding window) are never visited.
+- ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``; GPU only.
+- ``splash``: TPU Pallas splash attention; TPU only (``interpret=True`` runs it anywhere, slowly).
+- ``auto``: cudnn on GPU with 16-bit inputs, splash on TPU, else chunked for long sequences and
+  xla for short ones. Only ``auto`` falls back; an explicit kernel the backend lacks is an error.
+
+Masks: causal by token index; ``segment_ids`` [B, T] (packed documents never attend across each
+other); ``sliding_window`` W keeps keys with q_index - kv_index < W (Mistral's convention).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "splash", "auto")
+_NEG = -1e30  # finite "minus infinity": keeps exp() and max() NaN-free on fully masked rows
+_AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked on CPU
+
+
+def attention(q, k, v, *, segment_ids=None, sliding_window: int | None = None,
+              implementation: str = "xla", block_size: int = 512, scale: float | None = None):
+    """Causal self-attention over a whole sequence (training, prefill, evaluation)."""
+    _check_shapes(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    implementation = resolve_implementation(implementation, q.shape[1], q.dtype)
+    if implementation == "xla":
+        idx = jnp.arange(q.shape[1])
+        return dense_attention(q, k, v, idx, idx, segment_ids, segment_ids, sliding_window, scale)
+    if implementation == "chunked":
+        return chunked_attention(q, k, v, segment_ids, sliding_window, block_size, scale)
+    if implementation == "cudnn":
+        return cudnn_attention(q, k, v, segment_ids, sliding_window, scale)
+    return splash_attention(q, k, v, segment_ids, sliding_window, scale)
+
+
+def resolve_implementation(implementation: str, seq_len: int, dtype=jnp.float32) -> str:
+    """The kernel ``implementation`` names on this backend; raises if the backend lacks it."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention: must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
+    backend = jax.default_backend()
+    if implementation == "auto":
+        if backend == "gpu" and jnp.dtype(dtype).itemsize == 2:
+            return "cudnn"
+        if backend == "tpu":
+            return "splash"
+        return "chunked" if seq_len >= _AUTO_CHUNKED_FROM else "xla"
+    if implementation == "cudnn" and backend != "gpu":
+        raise ValueError(f"attention='cudnn' needs a GPU backend; this process runs on {backend!r}. "
+                         "Use 'chunked' (any backend) or 'auto' (falls back).")
+    if implementation == "splash" and backend != "tpu":
+        raise ValueError(f"attention='splash' needs a TPU backend; this process runs on {backend!r}. "
+                         "Use 'chunked' (any backend) or 'auto' (falls back).")
+    return implementation
+
+
+def _check_shapes(q, k, v):
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"attention: expected q [B,T,H,D] and k, v [B,S,K,D]; got {q.shape}, {k.shape}, {v.shape}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"attention: kv heads ({k.shape[2]}) must divide query heads ({q.shape[2]})")
+
+
+def _mask(q_idx, kv_idx, q_seg, kv_seg, window):
+    """Boolean [B or 1, Tq, Tk]: causal, same segment, within the sliding window."""
+    mask = kv_idx[None, :] <= q_idx[:, None]
+    if window:
+        mask &= q_idx[:, None] - kv_idx[None, :] < window
+    mask = mask[None]
+    if q_seg is not None:
+        mask = mask & (q_seg[:, :, None] == kv_seg[:, None, :])
+    return mask
+
+
+def _group(q, num_kv_heads):
+    """[B, T, H, D] -> [B, T, K, G, D]: the G query heads sharing each kv head."""
+    b, t, h, d = q.shape
+    return q.reshape(b, t, num_kv_heads, h // num_kv_heads, d)
+
+
+def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None, scale=None):
+    """Reference attention with explicit token indices (also the KV-cache decoding path, where
+    q_idx are the new tokens' indices and kv_idx the cache slots)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    qg = _group(q, k.shape[2])
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    mask = _mask(q_idx, kv_idx, q_seg, kv_seg, window)[:, None, None]
+    probs = jax.nn.softmax(jnp.where(mask, logits, _NEG), axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(q.shape).astype(q.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# chunked: blockwise online softmax with a recomputing backward pass
+# ------------------------------------------------------------------------------------------------
+
+
+def chunked_attention(q, k, v, segment_ids=None, sliding_window=None, block_size=512, scale=None):
+    """O(T)-memory causal attention (forward and backward). Equals ``dense_attention``."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    b, t, h, d = q.shape
+    block = max(1, min(block_size, t))
+    padded = -(-t // block) * block
+    if segment_ids is None:
+        segment_ids = jnp.zeros((b, t), jnp.int32)
+    if padded != t:
+        # Padded keys sit after every real query, so the causal mask already hides them.
+        pad = [(0, 0), (0, padded - t), (0, 0), (0, 0)]
+        q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+        segment_ids = jnp.pad(segment_ids, [(0, 0), (0, padded - t)], constant_values=-1)
+    out = _chunked(q, k, v, segment_ids.astype(jnp.int32), sliding_window or 0, block, float(scale))
+    return out[:, :t]
+
+
+def _kv_block_range(i, block, window):
+    """kv blocks [lo, i] that query block i can see (causal; within the window if any)."""
+    if not window:
+        return 0, i
+    return jnp.maximum(0, (i * block - (window - 1)) // block), i
+
+
+def _q_block_range(j, block, window, num_blocks):
+    """query blocks [j, hi] that can see kv block j."""
+    if not window:
+        return j, num_blocks - 1
+    return j, jnp.minimum(num_blocks - 1, (j * block + block - 1 + window - 1) // block)
+
+
+def _take(x, i, block):
+    return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
+
+
+def _block_probs(qi, kj, i, j, seg, block, window, scale, lse=None, m=None):
+    """Masked logits of one (query block, kv block) pair; with ``lse`` the normalised probs."""
+    s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
+    q_idx = i * block + jnp.arange(block)
+    kv_idx = j * block + jnp.arange(block)
+    mask = _mask(q_idx, kv_idx, _take(seg, i, block), _take(seg, j, block), window)[:, None, None]
+    if lse is None:
+        return jnp.where(mask, s, _NEG), mask
+    return jnp.where(mask, jnp.exp(s - lse[..., None]), 0.0), mask
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _chunked(q, k, v, seg, window, block, scale):
+    return _chunked_forward(q, k, v, seg, window, block, scale)[0]
+
+
+def _chunked_forward(q, k, v, seg, window, block, scale):
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    qg = _group(q, kv_heads)
+    groups = qg.shape[3]
+    num_blocks = t // block
+
+    def query_block(i):
+        qi = _take(qg, i, block)
+
+        def step(j, carry):
+            m, l, acc = carry
+            s, mask = _block_probs(qi, _take(k, j, block), i, j, seg, block, window, scale)
+            m_new = jnp.maximum(m, s.max(-1))
+            p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+            correction = jnp.exp(m - m_new)
+            l = l * correction + p.sum(-1)
+            pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v.dtype), _take(v, j, block),
+                            preferred_element_type=jnp.float32)
+            return m_new, l, acc * correction[..., None] + pv
+
+        init = (jnp.full((b, kv_heads, groups, block), _NEG, jnp.float32),
+                jnp.zeros((b, kv_heads, groups, block), jnp.float32),
+                jnp.zeros((b, kv_heads, groups, block, d), jnp.float32))
+        lo, hi = _kv_block_range(i, block, window)
+        m, l, acc = jax.lax.fori_loop(lo, hi + 1, step, init)
+        l = jnp.where(l == 0, 1.0, l)
+        return jnp.moveaxis(acc / l[..., None], 3, 1), m + jnp.log(l)  # [B,q,K,G,D], [B,K,G,q]
+
+    out, lse = jax.lax.map(query_block, jnp.arange(num_blocks))
+    out = jnp.moveaxis(out, 0, 1).reshape(b, t, h, d).astype(q.dtype)
+    lse = jnp.moveaxis(lse, 0, 3).reshape(b, kv_heads, groups, t)
+    return out, (q, k, v, seg, out, lse)
+
+
+def _chunked_fwd(q, k, v, seg, window, block, scale):
+    return _chunked_forward(q, k, v, seg, window, block, scale)
+
+
+def _chunked_bwd(window, block, scale, residuals, dout):
+    q, k, v, seg, out, lse = residuals
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    num_blocks = t // block
+    qg, dog = _group(q, kv_heads), _group(dout, kv_heads)
+    # delta_i = rowsum(dO_i * O_i): the softmax-Jacobian correction term of FlashAttention-2.
+    delta = jnp.einsum("btkgd,btkgd->bkgt", dog.astype(jnp.float32), _group(out, kv_heads).astype(jnp.float32))
+
+    def take_rows(x, i):  # [B, K, G, T] -> the block's rows
+        return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=3)
+
+    def grads(i, j):
+        """Probabilities and dS of block pair (i, j), recomputed from the saved log-sum-exp."""
+        qi, doi = _take(qg, i, block), _take(dog, i, block)
+        p, _ = _block_probs(qi, _take(k, j, block), i, j, seg, block, window, scale, lse=take_rows(lse, i))
+        dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, _take(v, j, block), preferred_element_type=jnp.float32)
+        return qi, doi, p, p * (dp - take_rows(delta, i)[..., None])
+
+    def dq_block(i):
+        def step(j, dq):
+            _, _, _, ds = grads(i, j)
+            return dq + jnp.einsum("bkgqs,bskd->bqkgd", ds.astype(k.dtype), _take(k, j, block),
+                                   preferred_element_type=jnp.float32)
+
+        lo, hi = _kv_block_range(i, block, window)
+        zeros = jnp.zeros((b, block, kv_heads, h // kv_heads, d), jnp.float32)
+        return jax.lax.fori_loop(lo, hi + 1, step, zeros) * scale
+
+    def dkv_block(j):
+        def step(i, carry):
+            dk, dv = carry
+            qi, doi, p, ds = grads(i, j)
+            dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
+            return dk, dv
+
+        lo, hi = _q_block_range(j, block, window, num_blocks)
+        zeros = jnp.zeros((b, block, kv_heads, d), jnp.float32)
+        dk, dv = jax.lax.fori_loop(lo, hi + 1, step, (zeros, zeros))
+        return dk * scale, dv
+
+    dq = jax.lax.map(dq_block, jnp.arange(num_blocks))
+    dq = jnp.moveaxis(dq, 0, 1).reshape(b, t, h, d)
+    dk, dv = jax.lax.map(dkv_block, jnp.arange(num_blocks))
+    dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
+    dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+# ------------------------------------------------------------------------------------------------
+# Accelerator kernels
+# ------------------------------------------------------------------------------------------------
+
+
+def cudnn_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None, implementation="cudnn"):
+    """cuDNN flash attention through ``jax.nn.dot_product_attention`` (GQA native). Packed
+    segments become an explicit mask. ``implementation="xla"`` runs the same call on any backend
+    (the tests use it to check the arguments)."""
+    mask = None
+    if segment_ids is not None:
+        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # [B, 1, T, S]
+    window = None if not sliding_window else (sliding_window - 1, 0)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=True,
+                                        local_window_size=window, implementation=implementation)
+
+
+def splash_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None, interpret=False,
+                     block_size: int = 512):
+    """TPU Pallas splash attention (the kernel MaxText uses), per batch element. Sequence length
+    must be a multiple of 128; ``interpret=True`` runs the kernel in Python on any backend."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+
+    b, t, h, d = q.shape
+    if t % 128:
+        raise ValueError(f"attention='splash' needs a sequence length divisible by 128; got {t}")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if sliding_window:
+        head_mask = mask_lib.LocalMask((t, t), window_size=(sliding_window - 1, 0), offset=0)
+    else:
+        head_mask = mask_lib.CausalMask((t, t))
+    blk = min(block_size, t)
+    sizes = kernel_lib.BlockSizes(block_q=blk, block_kv_compute=blk, block_kv=blk, block_q_dkv=blk,
+                                  block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+    kernel = kernel_lib.make_splash_mha(mask_lib.MultiHeadMask([head_mask] * h), block_sizes=sizes,
+                                        head_shards=1, q_seq_shards=1, interpret=interpret)
+    if segment_ids is None:
+        segment_ids = jnp.zeros((b, t), jnp.int32)
+
+    def one(qb, kb, vb, seg):  # [T, H, D] -> heads first, as the kernel expects
+        ids = kernel_lib.SegmentIds(q=seg, kv=seg)
+        out = kernel(jnp.swapaxes(qb * scale, 0, 1), jnp.swapaxes(kb, 0, 1), jnp.swapaxes(vb, 0, 1),
+                     segment_ids=ids)
+        return jnp.swapaxes(out, 0, 1)
+
+    return jax.vmap(one)(q, k, v, segment_ids.astype(jnp.int32)).astype(q.dtype)

@@ -1,0 +1,383 @@
+"""A Llama-family decoder (Llama 2/3, Mistral, Qwen2) in Flax NNX, with RoPE from ``yarn_jax.rope``.
+
+    config = ModelConfig(vocab_size=32000, hidden_size=4096, ..., rope="yarn:factor=16,original_max_position_embeddings=4096")
+    model = Decoder(config, rngs=nnx.Rngs(0))
+    logits = model(input_ids)                       # int32 [B, T] -> float32 [B, T, vocab]
+    tokens = generate(model, prompt_ids, max_new_tokens=32)
+
+Module and parameter names follow transformers' (``embed_tokens``, ``layers[i].self_attn.q_proj``
+…) so checkpoint conversion is a rename plus a transpose. Every parameter carries
+``logical_axes`` metadata (``embed``, ``mlp``, ``heads``, ``kv_heads``, ``vocab``, ``norm``) that
+``sharding.py`` maps onto a device mesh. cos/sin are computed once per forward pass and shared by
+every layer; the YaRN temperature is folded into them, so each attention kernel runs unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from yarn_jax import attention as attention_lib
+from yarn_jax import rope as rope_lib
+
+REMAT_POLICIES = ("none", "full", "dots")
+DYNAMIC_CACHE_MODES = ("exact", "transformers")
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a Llama-family decoder (transformers' names where they exist).
+
+    ``rope`` is a ``rope.RopeSpec``, a SPEC string ("yarn:factor=8,original_max_position_embeddings=256")
+    or a dict of RopeSpec fields; strings and dicts default ``rotary_dim`` to the head dim.
+    ``dynamic_cache`` picks how length-dependent rope methods decode with a KV cache:
+    ``transformers`` caches rotated keys (their frequencies freeze when written, as transformers
+    does); ``exact`` caches un-rotated keys and rotates every key with the current frequencies, so
+    each decoding step equals a full forward pass over the sequence so far.
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    rope: Any = "default"
+    rope_layout: str = "half"
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    attention: str = "xla"
+    attention_block_size: int = 512
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    dynamic_cache: str = "exact"
+    initializer_range: float = 0.02
+    architecture: str = "llama"
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name}: must be a positive integer; got {getattr(self, name)!r}")
+        if self.num_kv_heads is None:
+            set_("num_kv_heads", self.num_heads)
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"ModelConfig.head_dim: hidden_size {self.hidden_size} is not divisible by "
+                                 f"num_heads {self.num_heads}; set head_dim explicitly")
+            set_("head_dim", self.hidden_size // self.num_heads)
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"ModelConfig.num_kv_heads: must divide num_heads ({self.num_heads}); "
+                             f"got {self.num_kv_heads}")
+        if not isinstance(self.rope, rope_lib.RopeSpec):
+            set_("rope", rope_lib.parse(self.rope, rotary_dim=self.head_dim))
+        if self.rope.rotary_dim > self.head_dim:
+            raise ValueError(f"ModelConfig.rope: rotary_dim {self.rope.rotary_dim} exceeds head_dim {self.head_dim}")
+        choices = {"rope_layout": rope_lib.LAYOUTS, "remat": REMAT_POLICIES, "dynamic_cache": DYNAMIC_CACHE_MODES,
+                   "architecture": ARCHITECTURES, "attention": attention_lib.IMPLEMENTATIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}: must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, name))
+            except TypeError:
+                raise ValueError(f"ModelConfig.{name}: not a dtype name (float32, bfloat16, float16): "
+                                 f"{getattr(self, name)!r}") from None
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"ModelConfig.sliding_window: must be None or a positive integer; got {self.sliding_window}")
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embedding and output projection counted once each, tied or not)."""
+        e, h, k, d, m = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate_size
+        attn = e * d * (h + 2 * k) + h * d * e + (d * (h + 2 * k) if self.qkv_bias else 0) + (e if self.o_bias else 0)
+        mlp = 3 * e * m + ((2 * m + e) if self.mlp_bias else 0)
+        embed = self.vocab_size * e * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * (attn + mlp + 2 * e) + e + embed
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers
+# ------------------------------------------------------------------------------------------------
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel (+ bias); kernel [in, out] with logical axes (transformers stores [out, in])."""
+
+    def __init__(self, features_in: int, features_out: int, axes: tuple, *, bias: bool, config: ModelConfig,
+                 rngs: nnx.Rngs):
+        init = jax.nn.initializers.normal(config.initializer_range)
+        self.kernel = nnx.Param(init(rngs.params(), (features_in, features_out), config.param_dtype),
+                                logical_axes=axes)
+        self.bias = nnx.Param(jnp.zeros((features_out,), config.param_dtype), logical_axes=axes[1:]) if bias else None
+        self.dtype = config.dtype
+
+    def __call__(self, x):
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * weight, normalised in float32 and cast back before the weight (as transformers)."""
+
+    def __init__(self, dim: int, config: ModelConfig):
+        self.weight = nnx.Param(jnp.ones((dim,), config.param_dtype), logical_axes=("norm",))
+        self.eps = config.rms_norm_eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        e, m, b = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = Dense(e, m, ("embed", "mlp"), bias=b, config=config, rngs=rngs)
+        self.up_proj = Dense(e, m, ("embed", "mlp"), bias=b, config=config, rngs=rngs)
+        self.down_proj = Dense(m, e, ("mlp", "embed"), bias=b, config=config, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["cos", "sin", "key_cos", "key_sin"],
+                   meta_fields=["layout"])
+@dataclasses.dataclass(frozen=True)
+class Rotary:
+    """What every layer needs to rotate q and k: tables for the query positions and, in exact
+    dynamic decoding, for every cache slot (keys are rotated when read, not when written)."""
+
+    cos: jax.Array
+    sin: jax.Array
+    layout: str
+    key_cos: jax.Array | None = None
+    key_sin: jax.Array | None = None
+
+    def rotate(self, x, cos=None, sin=None):
+        cos = self.cos if cos is None else cos
+        sin = self.sin if sin is None else sin
+        return rope_lib.apply(x, cos[:, :, None], sin[:, :, None], layout=self.layout)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_proj = Dense(e, h * d, ("embed", "heads"), bias=config.qkv_bias, config=config, rngs=rngs)
+        self.k_proj = Dense(e, k * d, ("embed", "kv_heads"), bias=config.qkv_bias, config=config, rngs=rngs)
+        self.v_proj = Dense(e, k * d, ("embed", "kv_heads"), bias=config.qkv_bias, config=config, rngs=rngs)
+        self.o_proj = Dense(h * d, e, ("heads", "embed"), bias=config.o_bias, config=config, rngs=rngs)
+        self.config = config
+
+    def _qkv(self, x):
+        c = self.config
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim)
+        k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        return q, k, v
+
+    def __call__(self, x, rotary: Rotary, segment_ids=None):
+        c = self.config
+        q, k, v = self._qkv(x)
+        out = attention_lib.attention(rotary.rotate(q), rotary.rotate(k), v, segment_ids=segment_ids,
+                                      sliding_window=c.sliding_window, implementation=c.attention,
+                                      block_size=c.attention_block_size)
+        return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1))
+
+    def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
+        """New tokens x [B, t, E] at cache slots index..index+t-1; returns output and updated cache."""
+        c = self.config
+        q, k, v = self._qkv(x)
+        exact = rotary.key_cos is not None
+        stored_k = k if exact else rotary.rotate(k)
+        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, stored_k.astype(cache_k.dtype), index, axis=1)
+        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+        keys = rotary.rotate(cache_k, rotary.key_cos, rotary.key_sin) if exact else cache_k
+        q_idx = index + jnp.arange(x.shape[1])
+        out = attention_lib.dense_attention(rotary.rotate(q), keys, cache_v, q_idx, jnp.arange(cache_k.shape[1]),
+                                            window=c.sliding_window)
+        return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), cache_k, cache_v
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config.hidden_size, config)
+        self.self_attn = Attention(config, rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x, rotary: Rotary, segment_ids=None):
+        x = x + self.self_attn(self.input_layernorm(x), rotary, segment_ids)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
+        h, cache_k, cache_v = self.self_attn.decode(self.input_layernorm(x), rotary, cache_k, cache_v, index)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache_k, cache_v
+
+
+def _layer_forward(layer: DecoderLayer, x, rotary: Rotary, segment_ids):
+    return layer(x, rotary, segment_ids)
+
+
+_REMAT_POLICY = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+class Decoder(nnx.Module):
+    """The decoder-only language model."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        init = jax.nn.initializers.normal(config.initializer_range)
+        self.config = config
+        self.embed_tokens = nnx.Param(init(rngs.params(), (config.vocab_size, config.hidden_size),
+                                           config.param_dtype), logical_axes=("vocab", "embed"))
+        self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config)
+        self.lm_head = None if config.tie_word_embeddings else Dense(
+            config.hidden_size, config.vocab_size, ("embed", "vocab"), bias=False, config=config, rngs=rngs)
+
+    def _embed(self, input_ids):
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.config.dtype)
+
+    def _logits(self, x):
+        x = self.norm(x)
+        if self.lm_head is None:
+            weight = self.embed_tokens[...].astype(self.config.dtype).T
+        else:
+            weight = self.lm_head.kernel[...].astype(self.config.dtype)
+        return jnp.dot(x, weight, preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids, positions=None, segment_ids=None, rope_seq_len=None):
+        """Logits float32 [B, T, vocab] for int [B, T] tokens.
+
+        positions: per-token RoPE positions (default 0..T-1; restart per document when packing);
+        segment_ids: document ids (attention never crosses documents); rope_seq_len: the current
+        length l' for length-dependent rope methods (default: max(positions) + 1, as transformers).
+        """
+        c = self.config
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        cos, sin = rope_lib.cos_sin(c.rope, positions, rope_seq_len)
+        rotary = Rotary(cos, sin, c.rope_layout)
+        forward = _layer_forward
+        if c.remat != "none":
+            forward = nnx.remat(_layer_forward, policy=_REMAT_POLICY[c.remat])
+        x = self._embed(input_ids)
+        for layer in self.layers:
+            x = forward(layer, x, rotary, segment_ids)
+        return self._logits(x)
+
+    def decode(self, input_ids, cache: dict):
+        """One step of cached decoding: t new tokens [B, t] after ``cache["index"]`` tokens.
+        Returns float32 logits [B, t, vocab] and the updated cache."""
+        c = self.config
+        index = cache["index"]
+        b, t = input_ids.shape
+        positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
+        seq_len = index + t  # transformers: max(position_ids) + 1 of the current forward
+        cos, sin = rope_lib.cos_sin(c.rope, positions, seq_len)
+        rotary = Rotary(cos, sin, c.rope_layout)
+        if c.rope.is_length_dependent and c.dynamic_cache == "exact":
+            slots = jnp.broadcast_to(jnp.arange(cache["k"].shape[2]), (b, cache["k"].shape[2]))
+            key_cos, key_sin = rope_lib.cos_sin(c.rope, slots, seq_len)
+            rotary = dataclasses.replace(rotary, key_cos=key_cos, key_sin=key_sin)
+        x = self._embed(input_ids)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer.decode(x, rotary, cache["k"][i], cache["v"][i], index)
+            new_k.append(k)
+            new_v.append(v)
+        cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "index": index + t}
+        return self._logits(x), cache
+
+
+def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> dict:
+    """An empty KV cache: k and v [layers, B, cache_size, kv_heads, head_dim] and the fill index."""
+    shape = (config.num_layers, batch_size, cache_size, config.num_kv_heads, config.head_dim)
+    dtype = dtype or config.dtype
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.int32(0)}
+
+
+def with_rope(model: Decoder, spec) -> Decoder:
+    """The same weights under another rope spec (a RopeSpec, SPEC string or dict): a new Decoder
+    sharing the parameter arrays, no copy."""
+    config = model.config.replace(rope=rope_lib.parse(spec, rotary_dim=model.config.head_dim,
+                                                      theta=model.config.rope.theta))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
+    return nnx.merge(graphdef, nnx.state(model))
+
+
+# ------------------------------------------------------------------------------------------------
+# Generation
+# ------------------------------------------------------------------------------------------------
+
+
+def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
+             seed: int = 0, cache_size: int | None = None):
+    """Greedy (temperature 0) or sampled continuation of equal-length prompts int [B, P].
+
+    Returns int32 [B, max_new_tokens]. One jit-compiled program per (shapes, sampling mode): the
+    prompt is prefilled in one pass into a fixed-size KV cache (default P + max_new_tokens), then
+    one token per step in a ``lax.scan``.
+    """
+    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+    if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
+        raise ValueError(f"generate: prompt_ids must be int [B, P] with P >= 1; got shape {prompt_ids.shape}")
+    if max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be >= 1; got {max_new_tokens}")
+    cache_size = cache_size or prompt_ids.shape[1] + max_new_tokens
+    if cache_size < prompt_ids.shape[1] + max_new_tokens:
+        raise ValueError(f"generate: cache_size {cache_size} < prompt {prompt_ids.shape[1]} + new {max_new_tokens}")
+    graphdef, state = nnx.split(model)
+    return _generate(graphdef, state, prompt_ids, jax.random.key(seed), max_new_tokens=max_new_tokens,
+                     cache_size=cache_size, temperature=float(temperature), top_k=top_k)
+
+
+def _sample(logits, key, temperature, top_k):
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "cache_size", "temperature", "top_k"))
+def _generate(graphdef, state, prompt_ids, key, *, max_new_tokens, cache_size, temperature, top_k):
+    model = nnx.merge(graphdef, state)
+    cache = init_cache(model.config, prompt_ids.shape[0], cache_size)
+    keys = jax.random.split(key, max_new_tokens)
+    logits, cache = model.decode(prompt_ids, cache)
+    first = _sample(logits[:, -1], keys[0], temperature, top_k)
+
+    def step(carry, step_key):
+        token, cache = carry
+        logits, cache = model.decode(token[:, None], cache)
+        nxt = _sample(logits[:, -1], step_key, temperature, top_k)
+        return (nxt, cache), nxt
+
+    _, rest = jax.lax.scan(step, (first, cache), keys[1:])
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
