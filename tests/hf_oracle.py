@@ -106,3 +106,51 @@ def relative_error(actual, expected) -> float:
 
 def to_torch(x) -> torch.Tensor:
     return torch.from_numpy(np.array(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny random transformers models (created locally; nothing is downloaded)
+# ------------------------------------------------------------------------------------------------
+
+ROPE_CASES = {
+    "default": {"rope_type": "default"},
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 4.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+    "yarn-mscale": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                    "mscale": 0.707, "mscale_all_dim": 1.0},
+    "llama3": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+    "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 32,
+                 "short_factor": [1.0 + 0.05 * i for i in range(8)], "long_factor": [1.0 + 0.5 * i for i in range(8)]},
+}
+FAMILIES = ("llama", "mistral", "qwen2")
+
+
+def tiny_hf_model(family: str, rope_parameters: dict, seed: int = 0, **overrides):
+    """A random float32 transformers causal LM: 2 layers, hidden 64, 4 heads (2 kv heads), head
+    dim 16, vocab 101, original context 32 (so inputs of 64+ tokens exercise the scaling)."""
+    fields = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-6,
+                  rope_parameters={"rope_theta": 10000.0, **rope_parameters})
+    if family == "mistral":
+        fields["sliding_window"] = 24
+    if family == "llama":
+        fields["attention_bias"] = True
+    fields.update(overrides)
+    config_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+                  "qwen2": transformers.Qwen2Config}[family]
+    model_cls = {"llama": transformers.LlamaForCausalLM, "mistral": transformers.MistralForCausalLM,
+                 "qwen2": transformers.Qwen2ForCausalLM}[family]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**fields)).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so their loading is tested too
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith(".bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(np.asarray(ids))).logits.numpy()

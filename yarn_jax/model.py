@@ -37,9 +37,9 @@ class ModelConfig:
     ``rope`` is a ``rope.RopeSpec``, a SPEC string ("yarn:factor=8,original_max_position_embeddings=256")
     or a dict of RopeSpec fields; strings and dicts default ``rotary_dim`` to the head dim.
     ``dynamic_cache`` picks how length-dependent rope methods decode with a KV cache:
-    ``transformers`` caches rotated keys (their frequencies freeze when written, as transformers
-    does); ``exact`` caches un-rotated keys and rotates every key with the current frequencies, so
-    each decoding step equals a full forward pass over the sequence so far.
+    ``transformers`` keeps cached keys at the frequencies they were written with (as transformers
+    does); ``exact`` recomputes the sequence so far whenever the frequencies change, so each
+    decoding step equals a full forward pass (see ``Decoder.decode``).
     """
 
     vocab_size: int = 32000
@@ -162,23 +162,17 @@ class MLP(nnx.Module):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["cos", "sin", "key_cos", "key_sin"],
-                   meta_fields=["layout"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["cos", "sin"], meta_fields=["layout"])
 @dataclasses.dataclass(frozen=True)
 class Rotary:
-    """What every layer needs to rotate q and k: tables for the query positions and, in exact
-    dynamic decoding, for every cache slot (keys are rotated when read, not when written)."""
+    """The cos/sin tables every layer uses to rotate q and k (computed once per forward pass)."""
 
     cos: jax.Array
     sin: jax.Array
     layout: str
-    key_cos: jax.Array | None = None
-    key_sin: jax.Array | None = None
 
-    def rotate(self, x, cos=None, sin=None):
-        cos = self.cos if cos is None else cos
-        sin = self.sin if sin is None else sin
-        return rope_lib.apply(x, cos[:, :, None], sin[:, :, None], layout=self.layout)
+    def rotate(self, x):
+        return rope_lib.apply(x, self.cos[:, :, None], self.sin[:, :, None], layout=self.layout)
 
 
 class Attention(nnx.Module):
@@ -207,16 +201,14 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1))
 
     def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
-        """New tokens x [B, t, E] at cache slots index..index+t-1; returns output and updated cache."""
+        """New tokens x [B, t, E] at cache slots index..index+t-1: their rotated keys and values are
+        written into the cache, then they attend to every slot up to their own."""
         c = self.config
         q, k, v = self._qkv(x)
-        exact = rotary.key_cos is not None
-        stored_k = k if exact else rotary.rotate(k)
-        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, stored_k.astype(cache_k.dtype), index, axis=1)
+        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, rotary.rotate(k).astype(cache_k.dtype), index, axis=1)
         cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-        keys = rotary.rotate(cache_k, rotary.key_cos, rotary.key_sin) if exact else cache_k
         q_idx = index + jnp.arange(x.shape[1])
-        out = attention_lib.dense_attention(rotary.rotate(q), keys, cache_v, q_idx, jnp.arange(cache_k.shape[1]),
+        out = attention_lib.dense_attention(rotary.rotate(q), cache_k, cache_v, q_idx, jnp.arange(cache_k.shape[1]),
                                             window=c.sliding_window)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), cache_k, cache_v
 
@@ -290,34 +282,57 @@ class Decoder(nnx.Module):
         return self._logits(x)
 
     def decode(self, input_ids, cache: dict):
-        """One step of cached decoding: t new tokens [B, t] after ``cache["index"]`` tokens.
-        Returns float32 logits [B, t, vocab] and the updated cache."""
+        """Cached decoding of t new tokens [B, t] after ``cache["index"]`` tokens. Returns float32
+        logits [B, t, vocab] and the updated cache.
+
+        Keys are cached rotated. For length-dependent rope methods the frequencies depend on the
+        current length l' (transformers: max(position) + 1 of the current forward). With
+        ``dynamic_cache="transformers"`` cached keys keep the frequencies they were written with,
+        as transformers does. With ``"exact"``, whenever the frequencies differ from those the
+        cache was built with, the whole sequence so far is recomputed at the new length (every
+        layer's hidden states depend on the frequencies, so re-rotating cached keys alone would
+        not be exact past the first layer); each step then equals a full forward pass.
+        """
+        c = self.config
+        seq_len = cache["index"] + input_ids.shape[1]
+        if not (c.rope.is_length_dependent and c.dynamic_cache == "exact"):
+            return self._decode_cached(input_ids, cache, seq_len)
+        cache = dict(cache, tokens=jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32),
+                                                                       cache["index"], axis=1))
+        (now, now_scale), (then, then_scale) = rope_lib.inv_freq(c.rope, seq_len), rope_lib.inv_freq(c.rope, cache["rope_len"])
+        unchanged = jnp.all(now == then) & (now_scale == then_scale)
+
+        def recompute(cache):
+            empty = dict(cache, k=jnp.zeros_like(cache["k"]), v=jnp.zeros_like(cache["v"]), index=jnp.int32(0))
+            logits, full = self._decode_cached(cache["tokens"], empty, seq_len)
+            logits = jax.lax.dynamic_slice_in_dim(logits, cache["index"], input_ids.shape[1], axis=1)
+            return logits, dict(full, index=seq_len, rope_len=seq_len)
+
+        return jax.lax.cond(unchanged, lambda cache: self._decode_cached(input_ids, cache, seq_len), recompute, cache)
+
+    def _decode_cached(self, input_ids, cache: dict, seq_len):
         c = self.config
         index = cache["index"]
         b, t = input_ids.shape
         positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
-        seq_len = index + t  # transformers: max(position_ids) + 1 of the current forward
-        cos, sin = rope_lib.cos_sin(c.rope, positions, seq_len)
-        rotary = Rotary(cos, sin, c.rope_layout)
-        if c.rope.is_length_dependent and c.dynamic_cache == "exact":
-            slots = jnp.broadcast_to(jnp.arange(cache["k"].shape[2]), (b, cache["k"].shape[2]))
-            key_cos, key_sin = rope_lib.cos_sin(c.rope, slots, seq_len)
-            rotary = dataclasses.replace(rotary, key_cos=key_cos, key_sin=key_sin)
+        rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, seq_len), c.rope_layout)
         x = self._embed(input_ids)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             x, k, v = layer.decode(x, rotary, cache["k"][i], cache["v"][i], index)
             new_k.append(k)
             new_v.append(v)
-        cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "index": index + t}
+        cache = dict(cache, k=jnp.stack(new_k), v=jnp.stack(new_v), index=index + t)
         return self._logits(x), cache
 
 
 def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> dict:
-    """An empty KV cache: k and v [layers, B, cache_size, kv_heads, head_dim] and the fill index."""
+    """An empty KV cache: k and v [layers, B, cache_size, kv_heads, head_dim], the fill index, and
+    (for exact dynamic decoding) the tokens so far and the length its keys were computed at."""
     shape = (config.num_layers, batch_size, cache_size, config.num_kv_heads, config.head_dim)
     dtype = dtype or config.dtype
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.int32(0)}
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.int32(0),
+            "tokens": jnp.zeros((batch_size, cache_size), jnp.int32), "rope_len": jnp.int32(0)}
 
 
 def with_rope(model: Decoder, spec) -> Decoder:

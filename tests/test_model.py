@@ -1,0 +1,209 @@
+"""The NNX decoder against transformers (logits, greedy generation) and its own invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import hf_oracle
+from yarn_jax import hf
+from yarn_jax import model as model_lib
+
+LOGITS_ATOL = 1e-4
+
+
+def _load(tmp_path, torch_model, **overrides):
+    torch_model.save_pretrained(tmp_path)
+    return hf.from_pretrained(str(tmp_path), **overrides)
+
+
+@pytest.mark.parametrize("family", hf_oracle.FAMILIES)
+@pytest.mark.parametrize("rope_case", list(hf_oracle.ROPE_CASES))
+def test_logits_match_transformers_beyond_the_original_length(tmp_path, family, rope_case):
+    torch_model = hf_oracle.tiny_hf_model(family, hf_oracle.ROPE_CASES[rope_case])
+    model, config = _load(tmp_path, torch_model)
+    ids = np.random.default_rng(1).integers(0, 101, (2, 80))  # 2.5x the original 32 tokens
+    expected = hf_oracle.torch_logits(torch_model, ids)
+    got = np.asarray(model(jnp.asarray(ids)))
+    assert got.dtype == np.float32 and got.shape == (2, 80, 101)
+    np.testing.assert_allclose(got, expected, atol=LOGITS_ATOL)
+
+
+@pytest.mark.parametrize("family", hf_oracle.FAMILIES)
+def test_chunked_attention_model_matches_transformers(tmp_path, family):
+    torch_model = hf_oracle.tiny_hf_model(family, hf_oracle.ROPE_CASES["yarn"])
+    model, _ = _load(tmp_path, torch_model, attention="chunked", attention_block_size=16)
+    ids = np.random.default_rng(2).integers(0, 101, (1, 75))
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), hf_oracle.torch_logits(torch_model, ids),
+                               atol=LOGITS_ATOL)
+
+
+def test_greedy_generation_matches_transformers_token_for_token(tmp_path):
+    torch_model = hf_oracle.tiny_hf_model("llama", hf_oracle.ROPE_CASES["default"], seed=3)
+    model, _ = _load(tmp_path, torch_model)
+    prompt = np.random.default_rng(3).integers(0, 101, (2, 9))
+    ours = np.asarray(model_lib.generate(model, prompt, 20))
+    with torch.no_grad():
+        theirs = torch_model.generate(torch.from_numpy(prompt), max_new_tokens=20, min_new_tokens=20,
+                                      do_sample=False)[:, 9:].numpy()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("rope_case", ["dynamic", "longrope"])
+def test_transformers_cache_mode_matches_transformers_generation_past_the_original_length(tmp_path, rope_case):
+    """Rotated keys cached: frequencies change for new tokens only, as transformers does."""
+    torch_model = hf_oracle.tiny_hf_model("llama", hf_oracle.ROPE_CASES[rope_case], seed=4)
+    model, _ = _load(tmp_path, torch_model, dynamic_cache="transformers")
+    prompt = np.random.default_rng(4).integers(0, 101, (1, 20))  # 20 + 30 crosses L = 32
+    ours = np.asarray(model_lib.generate(model, prompt, 30))
+    with torch.no_grad():
+        theirs = torch_model.generate(torch.from_numpy(prompt), max_new_tokens=30, min_new_tokens=30,
+                                      do_sample=False)[:, 20:].numpy()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def _tiny(rope, **fields):
+    config = model_lib.ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                                   num_kv_heads=2, rope=rope, **fields)
+    return model_lib.Decoder(config, rngs=nnx.Rngs(0))
+
+
+_decode = nnx.jit(lambda model, ids, cache: model.decode(ids, cache))
+
+
+def _greedy_decode_logits(model, prompt, steps):
+    """Per-step last-token logits of cached greedy decoding, and the tokens it produced."""
+    cache = model_lib.init_cache(model.config, prompt.shape[0], prompt.shape[1] + steps)
+    logits, cache = _decode(model, prompt, cache)
+    sequence, history = prompt, [logits[:, -1]]
+    for _ in range(steps):
+        token = jnp.argmax(logits[:, -1], axis=-1)[:, None]
+        sequence = jnp.concatenate([sequence, token], axis=1)
+        logits, cache = _decode(model, token, cache)
+        history.append(logits[:, -1])
+    return history, sequence
+
+
+@pytest.mark.parametrize("rope", [
+    "dynamic:factor=4,original_max_position_embeddings=16",
+    "dynamic_yarn:original_max_position_embeddings=16",
+    "longrope:factor=4,original_max_position_embeddings=16,short_factor=1;1;1;1,long_factor=1;2;4;8",
+])
+def test_exact_cache_mode_equals_a_full_forward_pass_at_every_step(rope):
+    model = _tiny(rope, initializer_range=0.3)  # a larger init gives peaked logits: no argmax ties
+    prompt = jnp.asarray(np.random.default_rng(5).integers(0, 61, (2, 6)))
+    history, sequence = _greedy_decode_logits(model, prompt, 30)  # 6 + 30 tokens: past L = 16 twice over
+    # A full forward over the first n tokens, at length n: causal attention makes the later tokens
+    # of the whole sequence irrelevant, so one compiled program with a traced length serves all n.
+    forward = nnx.jit(lambda model, ids, n: model(ids, rope_seq_len=n))
+    for step, logits in enumerate(history):
+        n = 6 + step
+        np.testing.assert_allclose(logits, forward(model, sequence, jnp.int32(n))[:, n - 1], atol=2e-5)
+    np.testing.assert_array_equal(model_lib.generate(model, prompt, 30), sequence[:, 6:])
+
+
+def test_transformers_cache_mode_differs_from_exact_only_past_the_original_length():
+    rope = "dynamic:factor=4,original_max_position_embeddings=16"
+    exact = _tiny(rope, initializer_range=0.3)
+    frozen = nnx.merge(nnx.split(_tiny(rope, initializer_range=0.3, dynamic_cache="transformers"))[0],
+                       nnx.state(exact))
+    prompt = jnp.asarray(np.random.default_rng(6).integers(0, 61, (1, 8)))
+    exact_logits, _ = _greedy_decode_logits(exact, prompt, 20)
+    frozen_logits, _ = _greedy_decode_logits(frozen, prompt, 20)
+    for step in range(9):  # up to 16 tokens: the frequencies have not changed yet
+        np.testing.assert_allclose(exact_logits[step], frozen_logits[step], atol=1e-5)
+    assert not np.allclose(exact_logits[-1], frozen_logits[-1], atol=1e-3)
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy():
+    model = _tiny("default", initializer_range=0.3)
+    prompt = jnp.asarray(np.random.default_rng(7).integers(0, 61, (3, 5)))
+    a = model_lib.generate(model, prompt, 12, temperature=1.0, seed=1)
+    b = model_lib.generate(model, prompt, 12, temperature=1.0, seed=1)
+    c = model_lib.generate(model, prompt, 12, temperature=1.0, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    np.testing.assert_array_equal(model_lib.generate(model, prompt, 12, temperature=0.7, top_k=1),
+                                  model_lib.generate(model, prompt, 12))
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_changes_memory_not_gradients(remat):
+    ids = jnp.asarray(np.random.default_rng(8).integers(0, 61, (2, 24)))
+
+    def grads(model):
+        loss = lambda m: jnp.mean(jax.nn.logsumexp(m(ids), axis=-1))  # noqa: E731
+        return nnx.state(nnx.jit(nnx.grad(loss))(model))
+
+    plain = _tiny("yarn:factor=2,original_max_position_embeddings=16")
+    rematted = nnx.merge(nnx.split(_tiny("yarn:factor=2,original_max_position_embeddings=16", remat=remat))[0],
+                         nnx.state(plain))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads(plain), grads(rematted))
+
+
+def test_packed_sequences_match_separate_documents():
+    model = _tiny("yarn:factor=2,original_max_position_embeddings=16", attention="chunked", attention_block_size=8)
+    rng = np.random.default_rng(9)
+    a, b = rng.integers(0, 61, (1, 10)), rng.integers(0, 61, (1, 14))
+    ids = jnp.asarray(np.concatenate([a, b], axis=1))
+    positions = jnp.asarray(np.concatenate([np.arange(10), np.arange(14)])[None])
+    segments = jnp.asarray([[0] * 10 + [1] * 14])
+    forward = nnx.jit(lambda model, *args, **kwargs: model(*args, **kwargs, rope_seq_len=16))
+    packed = forward(model, ids, positions=positions, segment_ids=segments)
+    np.testing.assert_allclose(packed[:, :10], forward(model, jnp.asarray(a)), atol=1e-5)
+    np.testing.assert_allclose(packed[:, 10:], forward(model, jnp.asarray(b)), atol=1e-5)
+
+
+def test_with_rope_shares_weights_and_changes_positions_only():
+    model = _tiny("default")
+    ids = jnp.asarray(np.random.default_rng(10).integers(0, 61, (1, 20)))
+    same = model_lib.with_rope(model, "linear:factor=1")
+    np.testing.assert_allclose(same(ids), model(ids), atol=1e-6)
+    other = model_lib.with_rope(model, "linear:factor=4")
+    assert other.config.rope.factor == 4.0 and other.embed_tokens[...] is model.embed_tokens[...]
+    assert not np.allclose(other(ids), model(ids), atol=1e-4)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    model = _tiny("default")
+    bf16 = nnx.merge(nnx.split(_tiny("default", dtype="bfloat16"))[0], nnx.state(model))
+    ids = jnp.asarray(np.random.default_rng(11).integers(0, 61, (1, 16)))
+    out = bf16(ids)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, model(ids), atol=5e-2)
+
+
+def test_parameters_carry_logical_axes():
+    model = _tiny("default", tie_word_embeddings=False)
+    axes = {".".join(map(str, path)): var.get_metadata().get("logical_axes")
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    assert axes["embed_tokens"] == ("vocab", "embed")
+    assert axes["layers.0.self_attn.q_proj.kernel"] == ("embed", "heads")
+    assert axes["layers.0.self_attn.k_proj.kernel"] == ("embed", "kv_heads")
+    assert axes["layers.1.mlp.down_proj.kernel"] == ("mlp", "embed")
+    assert axes["lm_head.kernel"] == ("embed", "vocab")
+    assert all(value is not None for value in axes.values())
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"num_kv_heads": 3}, "num_kv_heads"),
+    ({"attention": "flash"}, "attention"),
+    ({"remat": "some"}, "remat"),
+    ({"dynamic_cache": "lazy"}, "dynamic_cache"),
+    ({"dtype": "float33"}, "dtype"),
+    ({"rope": "yarn:factor=0.5,original_max_position_embeddings=8"}, "factor"),
+    ({"head_dim": 4, "rope": {"method": "default", "rotary_dim": 8}}, "rope"),
+])
+def test_bad_config_values_name_the_field(changes, field):
+    fields = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4)
+    with pytest.raises(ValueError, match=field):
+        model_lib.ModelConfig(**{**fields, **changes})
+
+
+def test_num_params_counts_what_the_model_holds():
+    for tied in (False, True):
+        model = _tiny("default", tie_word_embeddings=tied, qkv_bias=True)
+        held = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        assert model.config.num_params == held
