@@ -24,6 +24,7 @@ from flax import nnx
 
 from yarn_jax import attention as attention_lib
 from yarn_jax import rope as rope_lib
+from yarn_jax import sharding
 
 REMAT_POLICIES = ("none", "full", "dots")
 DYNAMIC_CACHE_MODES = ("exact", "transformers")
@@ -195,7 +196,11 @@ class Attention(nnx.Module):
     def __call__(self, x, rotary: Rotary, segment_ids=None):
         c = self.config
         q, k, v = self._qkv(x)
-        out = attention_lib.attention(rotary.rotate(q), rotary.rotate(k), v, segment_ids=segment_ids,
+        q = sharding.constrain(rotary.rotate(q), ("batch", "length", "heads", None))
+        # Context parallelism: queries stay sharded along the sequence, keys/values are gathered.
+        k = sharding.constrain(rotary.rotate(k), ("batch", None, "kv_heads", None))
+        v = sharding.constrain(v, ("batch", None, "kv_heads", None))
+        out = attention_lib.attention(q, k, v, segment_ids=segment_ids,
                                       sliding_window=c.sliding_window, implementation=c.attention,
                                       block_size=c.attention_block_size)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1))
@@ -276,10 +281,10 @@ class Decoder(nnx.Module):
         forward = _layer_forward
         if c.remat != "none":
             forward = nnx.remat(_layer_forward, policy=_REMAT_POLICY[c.remat])
-        x = self._embed(input_ids)
+        x = sharding.constrain(self._embed(input_ids), ("batch", "length", "embed"))
         for layer in self.layers:
-            x = forward(layer, x, rotary, segment_ids)
-        return self._logits(x)
+            x = sharding.constrain(forward(layer, x, rotary, segment_ids), ("batch", "length", "embed"))
+        return sharding.constrain(self._logits(x), ("batch", "length", "vocab"))
 
     def decode(self, input_ids, cache: dict):
         """Cached decoding of t new tokens [B, t] after ``cache["index"]`` tokens. Returns float32

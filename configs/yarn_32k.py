@@ -1,0 +1,19 @@
+"""Llama 2 7B, 4k -> 32k with YaRN (s = 8), the YaRN paper's hyperparameters (§4.1).
+
+    python -m yarn_jax.train --config configs/yarn_32k.py --config.init_from=/path/to/Llama-2-7b-hf
+    python -m yarn_jax.train --config configs/yarn_32k.py:runlocal      # CPU-size, no checkpoint needed
+
+init_from takes a local transformers directory (config.json + *.safetensors), a yarn_jax model
+directory (python -m yarn_jax.convert hf-to-orbax) or another run's workdir. Data defaults to the
+embedded corpus; the paper used PG19 (--config.data.source=tfds:pg19 where you have it prepared).
+"""
+
+from yarn_jax import recipe
+
+
+def get_config(arg=None):
+    c = recipe.llama2_7b_extension(rope="yarn:factor=8,original_max_position_embeddings=4096", seq_len=32768, steps=400)
+    c.name = "yarn_32k"
+    if arg == "runlocal":
+        recipe.runlocal(c)
+    return c
