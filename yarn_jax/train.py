@@ -199,6 +199,14 @@ def make_optimizer(c) -> optax.GradientTransformation:
     return optax.chain(*chain), schedule
 
 
+def optimizer_shardings(tx, params, param_shardings, mesh):
+    """Optimizer moments shard like their parameters (FSDP); counters and scalars are replicated."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    abstract = jax.eval_shape(tx.init, params)
+    return optax.tree_utils.tree_map_params(tx, lambda _, sharding: sharding, abstract, param_shardings,
+                                            transform_non_params=lambda _: replicated)
+
+
 def loss_sums(model, batch, document_masking: bool):
     """Summed token cross-entropy and the number of scored tokens (so micro-batches add up exactly)."""
     logits = model(batch["input_ids"], positions=batch["positions"],
@@ -374,9 +382,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
     graphdef, params = nnx.split(model)
     del model
     tx, schedule = make_optimizer(c)
-    opt_state = jax.jit(tx.init)(params)
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
-    opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
+    opt_shardings = optimizer_shardings(tx, params, param_shardings, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     batch_sharding = sharding.batch_sharding(mesh)
 
     # ---- Checkpoints: resume if the workdir has one --------------------------------------------
@@ -574,7 +582,14 @@ def run() -> None:
     config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py[:runlocal])", lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>)")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:  # a bad --config.KEY=VALUE
+            raise SystemExit(f"error: {argv[0]}: bad --config override: {type(error).__name__}: {error}") from None
+
+    app.run(main, flags_parser=parse)
 
 
 if __name__ == "__main__":

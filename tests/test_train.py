@@ -1,0 +1,156 @@
+"""The trainer: sharded meshes, multi-process, resumption, preemption, bad configs, every config."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import train_harness
+from yarn_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS = os.path.join(ROOT, "tests", "train_harness.py")
+
+
+def _env(devices: int, **extra) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=os.path.join(ROOT, "tests"))
+    env.update(extra)
+    return env
+
+
+def _harness(devices: int, *runs, **env) -> list[dict]:
+    """Runs (workdir, overrides) pairs in one subprocess with `devices` fake CPU devices."""
+    args = [a for workdir, overrides in runs for a in (str(workdir), json.dumps(overrides))]
+    done = subprocess.run([sys.executable, HARNESS, *args], env=_env(devices, **env), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [{int(k): v for k, v in json.loads(line[len("LOSSES "):]).items()}
+            for line in done.stdout.splitlines() if line.startswith("LOSSES ")]
+
+
+def _assert_same_curve(got: dict, want: dict, tol: float):
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], atol=tol, rtol=0)
+
+
+MESHES = [
+    {"data": 8, "fsdp": 1},
+    {"data": 1, "fsdp": 8},
+    {"data": 1, "fsdp": 4, "tensor": 2},
+    {"data": 4, "fsdp": 1, "context": 2},
+]
+
+
+def test_sharded_meshes_give_the_same_losses_as_one_device(tmp_path):
+    (baseline,) = _harness(1, (tmp_path / "one", {"mesh": {"data": 1, "fsdp": 1}}))
+    runs = [(tmp_path / f"mesh{i}", {"mesh": mesh}) for i, mesh in enumerate(MESHES)]
+    for mesh, curve in zip(MESHES, _harness(8, *runs)):
+        assert len(curve) == 4, mesh
+        _assert_same_curve(curve, baseline, 1e-5)
+
+
+def test_two_processes_train_and_agree_with_one(tmp_path):
+    (baseline,) = _harness(2, (tmp_path / "one", {"mesh": {"data": 2, "fsdp": 1}}))
+    workdir = tmp_path / "multi"
+    procs = [subprocess.Popen([sys.executable, HARNESS, str(workdir), json.dumps({"mesh": {"data": 2, "fsdp": 1}})],
+                              env=_env(1, HARNESS_PROCESS_ID=str(p), HARNESS_NUM_PROCESSES="2",
+                                       HARNESS_COORDINATOR=f"localhost:{20000 + os.getpid() % 20000}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[1][1][-2000:]
+    line = next(l for l in outputs[0][0].splitlines() if l.startswith("LOSSES "))
+    _assert_same_curve({int(k): v for k, v in json.loads(line[7:]).items()}, baseline, 1e-5)
+
+
+def test_resume_after_a_stop_reproduces_the_uninterrupted_curve(tmp_path):
+    overrides = {"steps": 8, "checkpoint": {"every": 4}, "mesh": {"data": 1, "fsdp": 1}}
+    train.train(train_harness.tiny_config(dict(overrides)), str(tmp_path / "straight"))
+    train.train(train_harness.tiny_config(dict(overrides)), str(tmp_path / "stopped"), stop_after=4)
+    assert train_harness.losses(tmp_path / "stopped").keys() == {1, 2, 3, 4}
+    train.train(train_harness.tiny_config(dict(overrides)), str(tmp_path / "stopped"))  # resumes at step 4
+    _assert_same_curve(train_harness.losses(tmp_path / "stopped"), train_harness.losses(tmp_path / "straight"), 1e-6)
+
+
+def test_sigterm_saves_exits_cleanly_and_the_run_resumes_exactly(tmp_path):
+    overrides = {"steps": 25, "checkpoint": {"every": 1000}, "mesh": {"data": 1, "fsdp": 1}}
+    (straight,) = _harness(1, (tmp_path / "straight", overrides))
+    workdir = tmp_path / "preempted"
+    proc = subprocess.Popen([sys.executable, HARNESS, str(workdir), json.dumps(overrides)], env=_env(1),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert saved and saved[-1] < 25, "the preempted run saved the step it stopped at"
+    (resumed,) = _harness(1, (workdir, overrides))
+    _assert_same_curve(resumed, straight, 1e-6)
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    base = {"steps": 3, "mesh": {"data": 1, "fsdp": 1}}
+    train.train(train_harness.tiny_config(dict(base)), str(tmp_path / "full"))
+    train.train(train_harness.tiny_config(dict(base, grad_accum=4)), str(tmp_path / "accum"))
+    _assert_same_curve(train_harness.losses(tmp_path / "accum"), train_harness.losses(tmp_path / "full"), 1e-5)
+
+
+def test_a_nonfinite_loss_stops_the_run_naming_the_step(tmp_path):
+    config = train_harness.tiny_config({"steps": 20, "checkpoint": {"every": 1},
+                                        "optimizer": {"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0}})
+    with pytest.raises(train.TrainingError, match=r"loss is (nan|inf) at step (\d+)") as info:
+        train.train(config, str(tmp_path / "nan"))
+    bad_step = int(info.value.args[0].split(" at step ")[1].split(";")[0])
+    saved = sorted(int(d) for d in os.listdir(tmp_path / "nan" / "checkpoints") if d.isdigit())
+    assert saved and max(saved) < bad_step and "is kept" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------------
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "yarn_jax.train", *args], cwd=ROOT, env=_env(1),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.seq_len=1"], "config.seq_len: must be an integer >= 2"),
+    (["--config.optimizer.schedule=warmup_only"], "config.optimizer.schedule"),
+    (["--config.no_such_field=1"], "no_such_field"),
+    (["--config.steps=many"], "steps"),
+    (["--config.rope=yarn:factor=0.5,original_max_position_embeddings=8"], "RopeSpec.factor"),
+    (["--config.mesh.pipeline=2"], "pipeline"),
+])
+def test_bad_config_values_fail_before_anything_runs(tmp_path, args, message):
+    done = _cli("--config", "configs/tiny_stdlib.py:runlocal", "--workdir", str(tmp_path / "w"), *args)
+    assert done.returncode != 0 and message in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_7b_recipe_without_a_checkpoint_says_how_to_point_at_one(tmp_path):
+    done = _cli("--config", "configs/yarn_32k.py", "--workdir", str(tmp_path / "w"))
+    assert done.returncode != 0
+    assert "--config.init_from=" in done.stderr and "configs/yarn_32k.py:runlocal" in done.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")))
+def test_every_config_runs_runlocal(tmp_path, config):
+    done = _cli("--config", f"configs/{config}:runlocal", "--workdir", str(tmp_path / "w"), "--config.steps=2",
+                "--config.eval.every=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step 2/2" in done.stdout and (tmp_path / "w" / "checkpoints" / "2").is_dir()
+    with open(tmp_path / "w" / "config.json") as f:
+        assert json.load(f)["steps"] == 2
