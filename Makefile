@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Until the small-scale reproduction lands: the frequency table and plot, then a CPU-size
+# continued pretraining with YaRN through the real trainer (sharding, checkpoints, evals).
 demo: $(STAMP)
 	$(PY) experiments/rope_frequencies.py
+	rm -rf runs/demo_yarn_32k
+	$(PY) -m yarn_jax.train --config configs/yarn_32k.py:runlocal --workdir runs/demo_yarn_32k
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q

@@ -90,16 +90,35 @@ def _group(q, num_kv_heads):
     return q.reshape(b, t, num_kv_heads, h // num_kv_heads, d)
 
 
+def _heads_first(q, num_kv_heads):
+    """[B, T, H, D] -> [B, K, G*T, D]: each kv head's G query heads stacked along the query axis,
+    so logits are one plain batched matmul per (batch, kv head) -- XLA's CPU backend runs that
+    layout 2-3x faster than a 5-D einsum."""
+    b, t, h, d = q.shape
+    g = h // num_kv_heads
+    return q.reshape(b, t, num_kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, num_kv_heads, g * t, d)
+
+
+def _heads_last(out, t, h):
+    """Inverse of ``_heads_first``: [B, K, G*T, D] -> [B, T, H, D]."""
+    b, k, _, d = out.shape
+    return out.reshape(b, k, h // k, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None, scale=None):
     """Reference attention with explicit token indices (also the KV-cache decoding path, where
     q_idx are the new tokens' indices and kv_idx the cache slots)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    qg = _group(q, k.shape[2])
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    mask = _mask(q_idx, kv_idx, q_seg, kv_seg, window)[:, None, None]
+    b, t, h, _ = q.shape
+    kv_heads = k.shape[2]
+    qh = _heads_first(q, kv_heads)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, D]
+    logits = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32) * scale
+    mask = _mask(q_idx, kv_idx, q_seg, kv_seg, window)  # [B|1, T, S], tiled over the G query heads
+    mask = jnp.tile(mask, (1, h // kv_heads, 1))[:, None]
     probs = jax.nn.softmax(jnp.where(mask, logits, _NEG), axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(q.shape).astype(q.dtype)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+    return _heads_last(out, t, h).astype(q.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
