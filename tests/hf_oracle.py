@@ -130,7 +130,7 @@ FAMILIES = ("llama", "mistral", "qwen2")
 def tiny_hf_model(family: str, rope_parameters: dict, seed: int = 0, **overrides):
     """A random float32 transformers causal LM: 2 layers, hidden 64, 4 heads (2 kv heads), head
     dim 16, vocab 101, original context 32 (so inputs of 64+ tokens exercise the scaling)."""
-    fields = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    fields = dict(vocab_size=overrides.pop("vocab_size", 101), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-6,
                   rope_parameters={"rope_theta": 10000.0, **rope_parameters})
     if family == "mistral":

@@ -1,7 +1,10 @@
-"""A model directory in orbax format: ``model_config.json`` + ``params/`` (an orbax PyTree).
+"""yarn_jax's own checkpoints: model directories and training workdirs.
 
-This is what ``python -m yarn_jax.convert hf-to-orbax`` writes and what the trainer's
-``init_from`` reads besides transformers directories and run workdirs.
+A model directory (``model_config.json`` + ``params/``, an orbax PyTree) is what
+``python -m yarn_jax.convert hf-to-orbax`` writes. A training workdir (``model_config.json`` +
+``checkpoints/<step>/{params,opt_state,data}``) is what ``python -m yarn_jax.train`` writes; its
+latest parameters load with ``load_workdir``. Both are what ``init_from`` and
+``python -m yarn_jax.evaluate --checkpoint`` read besides transformers directories.
 """
 
 from __future__ import annotations
@@ -77,3 +80,35 @@ def load_model(directory: str, *, sharding_fn=None, **overrides):
 def _fill(tree: dict, leaves: dict, prefix=()) -> dict:
     return {k: _fill(v, leaves, prefix + (k,)) if isinstance(v, dict) else leaves[prefix + (k,)]
             for k, v in tree.items()}
+
+
+def is_workdir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "checkpoints")) and os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def latest_step(workdir: str) -> int | None:
+    steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    return max(steps) if steps else None
+
+
+def load_workdir(workdir: str, *, sharding_fn=None, step: int | None = None, **overrides):
+    """(Decoder, ModelConfig) from a training workdir's latest (or given) checkpoint."""
+    if not is_workdir(workdir):
+        raise FileNotFoundError(f"{workdir}: not a training workdir (needs {CONFIG_FILE} and checkpoints/)")
+    step = latest_step(workdir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir}: has no checkpoint yet (checkpoints/ is empty)")
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        config = config_from_dict(json.load(f), **overrides)
+    abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def target(variable):
+        sharding = sharding_fn(None, variable.get_metadata().get("logical_axes"), variable.shape) if sharding_fn else None
+        return jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=sharding or default)
+
+    targets = jax.tree.map(target, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(targets)))
+    return nnx.merge(graphdef, restored["params"]), config

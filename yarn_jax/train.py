@@ -123,7 +123,7 @@ def init_source_kind(path: str) -> str:
         return "hf"
     if checkpoint_lib.is_model_dir(path):
         return "model"
-    if os.path.isdir(os.path.join(path, "checkpoints")) and os.path.exists(os.path.join(path, "model_config.json")):
+    if checkpoint_lib.is_workdir(path):
         return "workdir"
     raise ValueError(f"config.init_from: {path!r} is not a transformers directory (config.json + *.safetensors), "
                      "a yarn_jax model directory (model_config.json + params/) or a run workdir (checkpoints/)")
@@ -149,7 +149,8 @@ def load_initial_model(c, mesh, vocab_size: int):
     elif kind == "model":
         model, config = checkpoint_lib.load_model(c.init_from, sharding_fn=place, **_runtime_overrides(c))
     else:
-        model, config = _load_from_workdir(c.init_from, place, _runtime_overrides(c))
+        model, config = checkpoint_lib.load_workdir(c.init_from, sharding_fn=place, **_runtime_overrides(c))
+        print(f"init_from {c.init_from}: step {checkpoint_lib.latest_step(c.init_from)}")
     config = config.replace(rope=_rope_for(c, config.head_dim, config.rope.theta),
                             max_position_embeddings=max(config.max_position_embeddings, c.seq_len))
     return _rebuild(model, config), config
@@ -158,22 +159,6 @@ def load_initial_model(c, mesh, vocab_size: int):
 def _rebuild(model, config):
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0))))
     return nnx.merge(graphdef, nnx.state(model))
-
-
-def _load_from_workdir(workdir: str, place, overrides: dict):
-    with open(os.path.join(workdir, "model_config.json")) as f:
-        config = checkpoint_lib.config_from_dict(json.load(f), **overrides)
-    abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    targets = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=place(None, v.get_metadata().get(
-        "logical_axes"), v.shape)), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
-    step = manager.latest_step()
-    if step is None:
-        raise ValueError(f"config.init_from: {workdir} has no checkpoint yet")
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(targets)))
-    print(f"init_from {workdir}: step {step}")
-    return nnx.merge(graphdef, restored["params"]), config
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""Evaluation: the sliding-window loop against transformers, passkey scoring, the CLI."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import hf_oracle
+from yarn_jax import data as data_lib
+from yarn_jax import evaluate, hf
+from yarn_jax import model as model_lib
+
+
+def _split(rng, lengths, vocab=101):
+    """A TokenSplit of random documents (ids 3..vocab-1; pad 0, BOS 1, EOS 2)."""
+    docs = [rng.integers(3, vocab, n) for n in lengths]
+    stream = np.concatenate([np.concatenate([[1], d, [2]]) for d in docs]).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([n + 2 for n in lengths])])
+    return data_lib.TokenSplit(stream, offsets, [f"d{i}" for i in range(len(docs))], bos_id=1, eos_id=2, pad_id=0)
+
+
+@pytest.mark.parametrize("doc_len, length, stride", [(100, 32, 16), (31, 32, 16), (97, 40, 39), (5, 8, 3)])
+def test_sliding_windows_score_every_token_once(doc_len, length, stride):
+    windows = evaluate.sliding_windows(doc_len, length, stride, truncate=False)
+    scored = np.zeros(doc_len, int)
+    for w in windows:
+        assert w.end - w.begin <= length - 1 and w.scored <= w.end - w.begin
+        scored[w.end - w.scored: w.end] += 1
+    assert (scored == 1).all()
+    (only,) = evaluate.sliding_windows(doc_len, length, stride, truncate=True)
+    with pytest.raises(evaluate.EvalError, match="a longer stride would skip tokens"):
+        evaluate.sliding_windows(doc_len, length, length, truncate=False)
+    assert (only.begin, only.end, only.scored) == (0, min(doc_len, length - 1), min(doc_len, length - 1))
+
+
+def _torch_perplexity(torch_model, split, doc_ids, length, stride, truncate):
+    """The transformers perplexity-guide loop (BOS prepended per window, as the YaRN repo)."""
+    nll, count = 0.0, 0
+    for d in doc_ids:
+        doc = np.asarray(split.document(d))
+        for w in evaluate.sliding_windows(len(doc), length, stride, truncate):
+            ids = torch.from_numpy(np.concatenate([[split.bos_id], doc[w.begin:w.end]]).astype(np.int64))[None]
+            labels = ids.clone()
+            labels[:, : ids.shape[1] - w.scored] = -100  # transformers shifts labels inside the model
+            with torch.no_grad():
+                loss = torch_model(ids, labels=labels).loss
+            nll += float(loss) * w.scored
+            count += w.scored
+    return math.exp(nll / count)
+
+
+@pytest.mark.parametrize("rope_case", ["default", "dynamic", "yarn"])
+@pytest.mark.parametrize("truncate", [False, True])
+def test_perplexity_matches_the_transformers_loop(tmp_path, rope_case, truncate):
+    torch_model = hf_oracle.tiny_hf_model("llama", hf_oracle.ROPE_CASES[rope_case], seed=5)
+    torch_model.save_pretrained(tmp_path)
+    model, _ = hf.from_pretrained(str(tmp_path))
+    split = _split(np.random.default_rng(0), [130, 75, 64, 200])
+    doc_ids = evaluate.select_documents(split, 64, 3)
+    for length in (40, 64):  # 64 tokens: twice the original 32, where dynamic rescales per window
+        ours = evaluate.perplexity(model, split, doc_ids, length, stride=24, truncate=truncate, batch_size=4)
+        theirs = _torch_perplexity(torch_model, split, doc_ids, length, 24, truncate)
+        assert ours["ppl"] == pytest.approx(theirs, rel=1e-4)
+        assert ours["tokens"] == (sum(min(split.lengths()[d], length - 1) for d in doc_ids) if truncate
+                                  else sum(split.lengths()[d] for d in doc_ids))
+
+
+def test_position_buckets_and_tail_are_reported():
+    config = model_lib.ModelConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2)
+    from flax import nnx
+
+    model = model_lib.Decoder(config, rngs=nnx.Rngs(0))
+    split = _split(np.random.default_rng(1), [300, 300])
+    row = evaluate.perplexity(model, split, [0, 1], 64, stride=64, truncate=True)
+    assert len(row["bucket_loss"]) == evaluate.NUM_BUCKETS and all(v is not None for v in row["bucket_loss"])
+    assert row["tail_loss_last_8"] > 0 and row["windows"] == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Passkey
+# ------------------------------------------------------------------------------------------------
+
+
+def test_passkey_prompt_has_the_published_shape():
+    prompt = evaluate.passkey_prompt(48213, 4, 0.5)
+    lines = prompt.split("\n")
+    assert lines[0].startswith("There is an important info hidden inside a lot of irrelevant text.")
+    assert lines[2] == "The pass key is 48213. Remember it. 48213 is the pass key."
+    assert lines[-1] == "What is the pass key? The pass key is"
+    assert lines[1].count("The grass is green.") == 2 and lines[3].count("The grass is green.") == 2
+
+
+def test_passkey_prompts_fit_the_requested_length():
+    tok = data_lib.load_tokenizer("byte")
+    for length in (600, 2000, 5000):
+        repeats = evaluate._repeats_for(tok, length)
+        assert len(tok.encode(evaluate.passkey_prompt(99999, repeats, 0.3))) + 1 <= length
+        assert len(tok.encode(evaluate.passkey_prompt(99999, repeats + 1, 0.3))) + 1 > length
+
+
+@pytest.mark.parametrize("answer_right", [True, False])
+def test_passkey_scoring_counts_exactly_the_right_keys(monkeypatch, answer_right):
+    tok = data_lib.load_tokenizer("byte")
+    config = model_lib.ModelConfig(vocab_size=259, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2)
+    from flax import nnx
+
+    model = model_lib.Decoder(config, rngs=nnx.Rngs(0))
+
+    def fake_generate(model, prompt_ids, max_new_tokens, **kwargs):  # answers from the prompt itself
+        key = int(tok.decode(prompt_ids[0]).split("The pass key is ")[1].split(".")[0])
+        answer = key if answer_right else key + 1
+        return np.asarray([tok.encode(f" {answer}. The")[:max_new_tokens]])
+
+    monkeypatch.setattr(model_lib, "generate", fake_generate)
+    result = evaluate.passkey(model, tok, 700, trials=4)
+    assert result["accuracy"] == (1.0 if answer_right else 0.0)
+    assert 0.0 <= result["digit_accuracy"] <= 1.0 and len(result["trials_detail"]) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def byte_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("byte_model")
+    hf_oracle.tiny_hf_model("llama", hf_oracle.ROPE_CASES["default"], vocab_size=259).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("texts")
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        (root / f"doc{i}.txt").write_text("".join(rng.choice(list("abc def\n"), 400 + 10 * i)))
+    return str(root)
+
+
+def test_cli_evaluates_several_ropes_and_writes_json_and_plot(tmp_path, byte_model_dir, corpus, capsys):
+    out, png = tmp_path / "ppl.json", tmp_path / "ppl.png"
+    code = evaluate.main(["perplexity", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
+                          "--split", "train", "--lengths", "64,128", "--stride", "32", "--samples", "2",
+                          "--rope", "none", "--rope", "yarn:factor=4,original_max_position_embeddings=32",
+                          "--rope", "dynamic_yarn:original_max_position_embeddings=32",
+                          "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["task"] == "perplexity" and len(report["results"]) == 6
+    for row in report["results"]:
+        assert {"rope", "length", "ppl", "tokens"} <= set(row) and row["ppl"] > 1
+    assert png.stat().st_size > 0 and "| none |" in capsys.readouterr().out
+    code = evaluate.main(["passkey", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "400",
+                          "--trials", "2", "--json", str(tmp_path / "pk.json")])
+    report = json.loads((tmp_path / "pk.json").read_text())
+    assert code == 0 and {"accuracy", "digit_accuracy", "length"} <= set(report["results"][0])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lengths", "100000"], "no document has 100000 tokens"),
+    (["--lengths", "64", "--stride", "64"], "--stride 64: must be between 1 and the shortest length - 1 = 63"),
+    (["--lengths", "64", "--rope", "xpos:factor=2"], "unknown method 'xpos'"),
+    (["--lengths", "64", "--rope", "yarn:factor=0.5,original_max_position_embeddings=32"], "RopeSpec.factor"),
+])
+def test_bad_input_is_reported_before_work(byte_model_dir, corpus, capsys, extra, message):
+    code = evaluate.main(["perplexity", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
+                          "--split", "train", *extra])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_workdir_without_a_checkpoint_is_refused(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "model_config.json").write_text("{}")
+    code = evaluate.main(["perplexity", "--checkpoint", str(tmp_path), "--lengths", "64"])
+    assert code == 2 and "no checkpoint yet" in capsys.readouterr().err

@@ -1,0 +1,459 @@
+"""Long-context evaluation: sliding-window perplexity and passkey retrieval, across lengths and
+rope methods, for a training workdir, a yarn_jax model directory or a transformers directory.
+
+    python -m yarn_jax.evaluate perplexity --checkpoint runs/tiny_stdlib --data stdlib \\
+        --lengths 256,512,1024 --rope none --rope yarn:factor=4,original_max_position_embeddings=256 \\
+        [--stride 256] [--truncate] [--samples 10] [--json OUT] [--plot OUT.png]
+    python -m yarn_jax.evaluate passkey --hf DIR --lengths 1024,2048 [--trials 10] [--depths 5]
+
+Perplexity follows the YaRN repository's ``eval/perplexity.py`` and transformers' perplexity
+guide: per document, windows of up to ``length`` tokens start every ``stride`` tokens; each holds
+BOS plus up to length-1 text tokens; only the tokens not scored by the previous window are
+scored, so every token of the document is scored exactly once. ``--truncate`` scores one window
+per document, cut to the length. The reported mean is token-weighted (``--mean window`` gives the
+YaRN repository's mean of per-window means). Also reported: loss by position bucket within the
+window, and the loss of the last tokens of each window.
+
+Passkey uses the landmark-attention prompt of the YaRN repository; each trial is scored by greedy
+generation (the first integer generated equals the key) and by the rank of the correct digits
+under teacher forcing (digit accuracy: the correct digit is the most likely of the ten; chance
+is 10%), which separates small models that never generate the key exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from yarn_jax import checkpoint as checkpoint_lib
+from yarn_jax import data as data_lib
+from yarn_jax import hf
+from yarn_jax import model as model_lib
+from yarn_jax import rope as rope_lib
+
+NUM_BUCKETS = 8
+
+
+class EvalError(ValueError):
+    """Bad evaluation input, raised before any model work."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+
+
+def load(checkpoint: str | None = None, hf_dir: str | None = None, **overrides):
+    """(Decoder, ModelConfig, default tokenizer spec or None) from exactly one of: a training
+    workdir or yarn_jax model directory (``checkpoint``), or a transformers directory (``hf_dir``)."""
+    if bool(checkpoint) == bool(hf_dir):
+        raise EvalError("give exactly one of --checkpoint (workdir or model directory) and --hf (transformers directory)")
+    if hf_dir:
+        model, config = hf.from_pretrained(hf_dir, **overrides)
+        return model, config, f"hf:{hf_dir}"
+    if checkpoint_lib.is_workdir(checkpoint):
+        if checkpoint_lib.latest_step(checkpoint) is None:
+            raise EvalError(f"--checkpoint {checkpoint}: the workdir has no checkpoint yet")
+        model, config = checkpoint_lib.load_workdir(checkpoint, **overrides)
+        spec = _workdir_tokenizer(checkpoint)
+        return model, config, spec
+    if checkpoint_lib.is_model_dir(checkpoint):
+        model, config = checkpoint_lib.load_model(checkpoint, **overrides)
+        return model, config, None
+    raise EvalError(f"--checkpoint {checkpoint}: neither a training workdir (model_config.json + checkpoints/) "
+                    "nor a model directory (model_config.json + params/)")
+
+
+def _workdir_tokenizer(workdir: str) -> str | None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f).get("data", {})
+    return data.get("tokenizer") or None
+
+
+def rope_variants(config: model_lib.ModelConfig, specs: list[str]) -> list[tuple[str, rope_lib.RopeSpec]]:
+    """(label, spec) per --rope; ``none`` keeps the checkpoint's own. Parsed up front so a bad
+    method fails before any work."""
+    out = []
+    for text in specs or ["none"]:
+        if text == "none":
+            out.append(("none", config.rope))
+            continue
+        try:
+            out.append((text, rope_lib.parse(text, rotary_dim=config.rope.rotary_dim, theta=config.rope.theta)))
+        except ValueError as error:
+            raise EvalError(f"--rope {text!r}: {error}") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Sliding-window perplexity
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    document: int
+    begin: int  # first text token in the window
+    end: int  # one past the last text token
+    scored: int  # how many of the window's last tokens are scored
+
+
+def sliding_windows(doc_len: int, length: int, stride: int, truncate: bool, document: int = 0) -> list[Window]:
+    """The windows of one document (``length`` includes the BOS, so length-1 text tokens each)."""
+    text = length - 1
+    if not truncate and not 1 <= stride <= text:
+        raise EvalError(f"stride {stride}: must be between 1 and length - 1 = {text} (a window holds BOS and "
+                        f"{text} text tokens; a longer stride would skip tokens)")
+    if truncate:
+        end = min(text, doc_len)
+        return [Window(document, 0, end, end)]
+    windows, previous_end = [], 0
+    for begin in range(0, doc_len, stride):
+        end = min(begin + text, doc_len)
+        windows.append(Window(document, begin, end, end - previous_end))
+        previous_end = end
+        if end == doc_len:
+            break
+    return windows
+
+
+def select_documents(split: data_lib.TokenSplit, min_tokens: int, samples: int) -> list[int]:
+    """The first ``samples`` documents (in the split's deterministic order) with >= min_tokens."""
+    lengths = split.lengths()
+    chosen = [int(i) for i in np.flatnonzero(lengths >= min_tokens)][:samples]
+    if not chosen:
+        raise EvalError(f"no document has {min_tokens} tokens (the longest has {int(lengths.max())}); "
+                        "lower --lengths or --min-doc-tokens, or use a corpus with longer documents")
+    return chosen
+
+
+def _window_batch(split, windows: list[Window], doc_ids: list[int], length: int):
+    """Inputs [N, length] (BOS + text, padded), targets, score mask and true lengths."""
+    n = len(windows)
+    inputs = np.full((n, length), split.pad_id, np.int32)
+    targets = np.full((n, length), split.pad_id, np.int32)
+    scored = np.zeros((n, length), bool)
+    true_len = np.zeros(n, np.int32)
+    for row, w in enumerate(windows):
+        text = np.asarray(split.document(doc_ids[w.document])[w.begin:w.end], np.int32)
+        inputs[row, 0] = split.bos_id
+        inputs[row, 1:len(text) + 1] = text[: length - 1]
+        targets[row, :len(text)] = text  # position j predicts text[j]
+        scored[row, len(text) - w.scored: len(text)] = True
+        true_len[row] = len(text) + 1
+    return inputs, targets, scored, true_len
+
+
+def _token_losses_fn(graphdef):
+    """Per-token losses of a window batch; each row rotates at its own true length (dynamic methods
+    see l' = that window's length, as transformers does for an unpadded window)."""
+
+    @jax.jit
+    def losses(state, inputs, targets, true_len):
+        model = nnx.merge(graphdef, state)
+
+        def one(ids, n):
+            return model(ids[None], rope_seq_len=n)[0]
+
+        logits = jax.vmap(one)(inputs, true_len)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+    return losses
+
+
+def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: int, *, stride: int = 256,
+               truncate: bool = False, batch_size: int = 8, mean: str = "token", progress=None) -> dict:
+    """Sliding-window perplexity of ``model`` over documents ``doc_ids`` at one window length."""
+    windows = [w for i, d in enumerate(doc_ids)
+               for w in sliding_windows(int(split.lengths()[d]), length, stride, truncate, document=i)]
+    graphdef, state = nnx.split(model)
+    losses_fn = _token_losses_fn(graphdef)
+    total, count, window_means = 0.0, 0, []
+    bucket_sum, bucket_count = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
+    tail_sum, tail_count = 0.0, 0
+    tail = max(1, min(stride, length // 8))
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        pad = batch_size - len(chunk)  # one compiled shape per length
+        inputs, targets, scored, true_len = _window_batch(split, chunk + chunk[-1:] * pad, doc_ids, length)
+        losses = np.asarray(losses_fn(state, inputs, targets, true_len), np.float64)[: len(chunk)]
+        scored = scored[: len(chunk)]
+        total += float(losses[scored].sum())
+        count += int(scored.sum())
+        window_means.extend(float(losses[r][scored[r]].mean()) for r in range(len(chunk)))
+        position = np.broadcast_to(np.arange(length), scored.shape)
+        buckets = position * NUM_BUCKETS // length
+        np.add.at(bucket_sum, buckets[scored], losses[scored])
+        np.add.at(bucket_count, buckets[scored], 1)
+        for r in range(len(chunk)):
+            last = np.flatnonzero(scored[r])[-tail:]
+            tail_sum += float(losses[r][last].sum())
+            tail_count += len(last)
+        if progress is not None:
+            progress.update(len(chunk))
+    mean_loss = total / count if mean == "token" else float(np.mean(window_means))
+    return {
+        "length": length, "ppl": math.exp(mean_loss), "loss": mean_loss, "tokens": count, "windows": len(windows),
+        "documents": len(doc_ids), "mean": mean,
+        "bucket_loss": [float(s / c) if c else None for s, c in zip(bucket_sum, bucket_count)],
+        f"tail_loss_last_{tail}": tail_sum / max(tail_count, 1),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Passkey retrieval
+# ------------------------------------------------------------------------------------------------
+
+TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+        "I will quiz you about the important information there.")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+QUESTION = "What is the pass key? The pass key is"
+
+
+def passkey_prompt(key: int, filler_repeats: int, depth: float) -> str:
+    """The landmark-attention prompt: task, filler split at ``depth`` (0-1), the key line, the rest
+    of the filler, the question; lines joined by newlines."""
+    before = round(filler_repeats * depth)
+    return "\n".join([TASK, " ".join([FILLER] * before), f"The pass key is {key}. Remember it. {key} is the pass key.",
+                      " ".join([FILLER] * (filler_repeats - before)), QUESTION])
+
+
+def _repeats_for(tokenizer, target_tokens: int) -> int:
+    """The most filler repeats whose prompt (with BOS) fits in target_tokens tokens."""
+    def size(n):
+        return len(tokenizer.encode(passkey_prompt(12345, n, 0.5))) + 1
+
+    low, high = 0, 1
+    while size(high) <= target_tokens:
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if size(mid) <= target_tokens else (low, mid)
+    if size(low) > target_tokens:
+        raise EvalError(f"--lengths {target_tokens}: shorter than the passkey prompt without filler ({size(0)} tokens)")
+    return low
+
+
+def _digit_token_ids(tokenizer) -> list[int] | None:
+    ids = [tokenizer.encode(str(d)) for d in range(10)]
+    return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
+
+
+def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, depths: list[float] | None = None,
+            new_tokens: int = 10) -> dict:
+    """Passkey accuracy at one prompt length: generation and digit-rank scoring."""
+    rng = np.random.default_rng(seed + length)
+    repeats = _repeats_for(tokenizer, length)
+    digit_ids = _digit_token_ids(tokenizer)
+    graphdef, state = nnx.split(model)
+    scorer = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
+    rows = []
+    for trial in range(trials):
+        key = int(rng.integers(10000, 100000))
+        depth = float(depths[trial % len(depths)]) if depths else float(rng.uniform(0, 1))
+        prompt_ids = [tokenizer.bos_id] + tokenizer.encode(passkey_prompt(key, repeats, depth))
+        generated = np.asarray(model_lib.generate(model, np.asarray([prompt_ids]), new_tokens))[0]
+        text = tokenizer.decode(generated)
+        found = re.search(r"\d+", text)
+        row = {"key": key, "depth": depth, "prompt_tokens": len(prompt_ids), "generated": text,
+               "correct": bool(found and int(found.group()) == key)}
+        if digit_ids is not None:
+            answer = tokenizer.encode(" " + str(key))
+            full = np.asarray([prompt_ids + answer], np.int32)
+            logits = np.asarray(scorer(state, full))[0]
+            digits_at = [len(prompt_ids) - 1 + j for j, t in enumerate(answer) if t in digit_ids]
+            hits = []
+            for position in digits_at:
+                correct = full[0, position + 1]
+                scores = logits[position, digit_ids]
+                hits.append(int(digit_ids[int(np.argmax(scores))] == correct))
+            row["digit_accuracy"] = float(np.mean(hits)) if hits else None
+        rows.append(row)
+    result = {"length": length, "trials": trials, "accuracy": float(np.mean([r["correct"] for r in rows])),
+              "prompt_tokens": int(np.mean([r["prompt_tokens"] for r in rows])), "trials_detail": rows}
+    if digit_ids is not None:
+        result["digit_accuracy"] = float(np.mean([r["digit_accuracy"] for r in rows]))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+
+def markdown_table(results: list[dict], metric: str) -> str:
+    lengths = sorted({r["length"] for r in results})
+    ropes = list(dict.fromkeys(r["rope"] for r in results))
+    lines = ["| rope | " + " | ".join(str(n) for n in lengths) + " |", "|---" + "|---:" * len(lengths) + "|"]
+    for label in ropes:
+        cells = []
+        for n in lengths:
+            r = next((r for r in results if r["rope"] == label and r["length"] == n), None)
+            value = None if r is None else r.get(metric)
+            cells.append("-" if value is None else (f"{value:.3f}" if metric == "ppl" else f"{100 * value:.0f}%"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], task: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ropes = list(dict.fromkeys(r["rope"] for r in results))
+    lengths = sorted({r["length"] for r in results})
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if task == "perplexity":
+        for label in ropes:
+            rows = sorted((r for r in results if r["rope"] == label), key=lambda r: r["length"])
+            ax.plot([r["length"] for r in rows], [r["ppl"] for r in rows], marker="o", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="evaluated length (tokens)", ylabel="perplexity")
+        ax.legend(fontsize=7)
+    else:
+        grid = np.full((len(ropes), len(lengths)), np.nan)
+        for r in results:
+            grid[ropes.index(r["rope"]), lengths.index(r["length"])] = r.get("digit_accuracy", r["accuracy"])
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set(xticks=range(len(lengths)), xticklabels=lengths, yticks=range(len(ropes)), yticklabels=ropes,
+               xlabel="prompt length (tokens)", title="passkey digit accuracy (generation accuracy in the JSON)")
+        fig.colorbar(image)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+
+def _parse_lengths(text: str) -> list[int]:
+    try:
+        lengths = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise EvalError(f"--lengths {text!r}: comma-separated integers") from None
+    if not lengths or lengths[0] < 2:
+        raise EvalError(f"--lengths {text!r}: integers >= 2")
+    return lengths
+
+
+def run(args) -> dict:
+    lengths = _parse_lengths(args.lengths)
+    if args.stride is None:
+        args.stride = min(256, lengths[0] - 1)
+    if args.task == "perplexity" and not args.truncate and not 1 <= args.stride <= lengths[0] - 1:
+        raise EvalError(f"--stride {args.stride}: must be between 1 and the shortest length - 1 = {lengths[0] - 1} "
+                        "(a window holds BOS plus length - 1 text tokens; a longer stride would skip tokens)")
+    for text in args.rope or []:  # method names are checked before any loading
+        method = rope_lib.canonical_method(text.partition(":")[0])
+        if text != "none" and method not in rope_lib.METHODS:
+            raise EvalError(f"--rope {text!r}: unknown method {method!r}; allowed: none, {', '.join(rope_lib.METHODS)}")
+    overrides = {"attention": args.attention} if args.attention else {}
+    model, config, default_tokenizer = load(args.checkpoint, args.hf, **overrides)
+    variants = rope_variants(config, args.rope)
+    tokenizer = data_lib.load_tokenizer(args.tokenizer or default_tokenizer or "byte")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise EvalError(f"--tokenizer {tokenizer.spec}: vocabulary {tokenizer.vocab_size} exceeds the model's "
+                        f"{config.vocab_size}")
+    results = []
+    from tqdm import tqdm
+
+    if args.task == "perplexity":
+        split = data_lib.load_split(args.data, tokenizer, args.split)
+        min_tokens = args.min_doc_tokens or lengths[-1]
+        doc_ids = select_documents(split, min_tokens, args.samples)
+        for label, spec in variants:
+            variant = model_lib.with_rope(model, spec)
+            for length in lengths:
+                with tqdm(desc=f"{label} @ {length}", unit="window", disable=not sys.stderr.isatty()) as bar:
+                    start = time.perf_counter()
+                    row = perplexity(variant, split, doc_ids, length, stride=args.stride, truncate=args.truncate,
+                                     batch_size=args.batch_size, mean=args.mean, progress=bar)
+                row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
+                results.append(row)
+        metric = "ppl"
+        header = (f"sliding-window perplexity ({'truncate: one window per document' if args.truncate else f'stride {args.stride}'}; "
+                  f"{args.mean}-weighted mean; {len(doc_ids)} documents of >= {min_tokens} tokens, split {args.split})")
+    else:
+        depths = [float(d) for d in np.linspace(0, 1, args.depths)] if args.depths else None
+        for label, spec in variants:
+            variant = model_lib.with_rope(model, spec)
+            for length in lengths:
+                row = passkey(variant, tokenizer, length, trials=args.trials, seed=args.seed, depths=depths)
+                row.update(rope=label, spec=rope_lib.to_string(spec))
+                results.append(row)
+        metric = "accuracy"
+        header = f"passkey retrieval, {args.trials} trials per cell (generation accuracy; digit accuracy in the JSON)"
+    print(f"\n{header}\n")
+    print(markdown_table(results, metric))
+    if args.task == "passkey" and "digit_accuracy" in results[0]:
+        print("\ndigit accuracy (correct digit ranked first among the ten; chance 10%)\n")
+        print(markdown_table(results, "digit_accuracy"))
+    output = {"task": args.task, "model": args.checkpoint or args.hf, "tokenizer": tokenizer.spec,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "results": results}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(output, f, indent=2)
+    if args.plot:
+        plot(results, args.task, args.plot)
+        print(f"plot: {args.plot}")
+    return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m yarn_jax.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=("perplexity", "passkey"))
+    parser.add_argument("--checkpoint", help="training workdir or yarn_jax model directory")
+    parser.add_argument("--hf", help="transformers directory")
+    parser.add_argument("--data", default="stdlib", help="SOURCE (perplexity)")
+    parser.add_argument("--split", default="validation", choices=data_lib.SPLITS)
+    parser.add_argument("--tokenizer", help="tokenizer SPEC (default: the checkpoint's)")
+    parser.add_argument("--lengths", required=True, help="comma-separated window / prompt lengths")
+    parser.add_argument("--rope", action="append", help="rope SPEC to evaluate the weights under (repeatable; "
+                                                        "'none' keeps the checkpoint's own)")
+    parser.add_argument("--stride", type=int, help="default: 256, or the shortest length - 1 if smaller")
+    parser.add_argument("--truncate", action="store_true", help="one window per document, cut to the length")
+    parser.add_argument("--samples", type=int, default=10, help="documents (perplexity)")
+    parser.add_argument("--min-doc-tokens", type=int, default=0, help="default: the largest length")
+    parser.add_argument("--mean", choices=("token", "window"), default="token")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=10, help="passkey trials per length")
+    parser.add_argument("--depths", type=int, default=0, help="passkey: evenly spaced depths (0: random)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attention", help="attention kernel override (e.g. chunked for long lengths)")
+    parser.add_argument("--json")
+    parser.add_argument("--plot")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (EvalError, data_lib.DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
