@@ -154,3 +154,22 @@ def test_every_config_runs_runlocal(tmp_path, config):
     assert "step 2/2" in done.stdout and (tmp_path / "w" / "checkpoints" / "2").is_dir()
     with open(tmp_path / "w" / "config.json") as f:
         assert json.load(f)["steps"] == 2
+
+
+def test_init_from_a_workdir_continues_from_its_weights(tmp_path):
+    first = train_harness.tiny_config({"steps": 6, "mesh": {"data": 1, "fsdp": 1}})
+    train.train(first, str(tmp_path / "first"))
+    second = train_harness.tiny_config({"steps": 1, "init_from": str(tmp_path / "first"),
+                                        "rope": "yarn:factor=4,original_max_position_embeddings=32",
+                                        "mesh": {"data": 1, "fsdp": 1}})
+    train.train(second, str(tmp_path / "second"))
+    trained, fresh = train_harness.losses(tmp_path / "second")[1], train_harness.losses(tmp_path / "first")[1]
+    assert trained < fresh - 0.1  # same first batch: the loaded weights already learned something
+    with open(tmp_path / "second" / "model_config.json") as f:
+        assert json.load(f)["rope"]["factor"] == 4.0  # the extension is applied on top
+    from yarn_jax import evaluate  # a trained workdir is what `evaluate --checkpoint` reads
+
+    assert evaluate.main(["perplexity", "--checkpoint", str(tmp_path / "first"), "--lengths", "64,128",
+                          "--samples", "2", "--json", str(tmp_path / "ppl.json")]) == 0
+    with open(tmp_path / "ppl.json") as f:
+        assert [r["length"] for r in json.load(f)["results"]] == [64, 128]

@@ -106,7 +106,8 @@ def load_workdir(workdir: str, *, sharding_fn=None, step: int | None = None, **o
 
     def target(variable):
         sharding = sharding_fn(None, variable.get_metadata().get("logical_axes"), variable.shape) if sharding_fn else None
-        return jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=sharding or default)
+        # The trainer saves the nnx State itself (Variables included), so the target keeps them.
+        return variable.replace(jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=sharding or default))
 
     targets = jax.tree.map(target, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
     with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
