@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -158,6 +159,7 @@ def _window_batch(split, windows: list[Window], doc_ids: list[int], length: int)
     return inputs, targets, scored, true_len
 
 
+@functools.lru_cache(maxsize=32)
 def _token_losses_fn(graphdef):
     """Per-token losses of a window batch; each row rotates at its own true length (dynamic methods
     see l' = that window's length, as transformers does for an unpadded window)."""

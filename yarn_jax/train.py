@@ -34,6 +34,7 @@ from flax import nnx
 
 from yarn_jax import checkpoint as checkpoint_lib
 from yarn_jax import data as data_lib
+from yarn_jax import evaluate
 from yarn_jax import hf
 from yarn_jax import model as model_lib
 from yarn_jax import rope as rope_lib
@@ -259,39 +260,25 @@ def peak_tflops(c) -> float | None:
 
 
 class Evaluator:
-    """Validation loss at the training length and at longer lengths (one window per validation
-    document of that length, cut from its start: YaRN's --truncate protocol). Compiled once per
-    length."""
+    """Validation loss at the training length and at ``eval.lengths``: one window per validation
+    document long enough (BOS + length-1 tokens, YaRN's --truncate protocol), through
+    ``evaluate.perplexity``; each length compiles once for the whole run."""
 
-    def __init__(self, c, graphdef, validation: data_lib.TokenSplit, mesh):
-        self.graphdef, self.mesh, self.c = graphdef, mesh, c
-        self.sets = {}
-        per_batch = max(1, c.batch_size // c.grad_accum)
+    def __init__(self, c, validation: data_lib.TokenSplit):
+        self.split, self.jobs = validation, []
+        self.batch = max(1, c.batch_size // c.grad_accum)
         for length in [c.seq_len] + eval_lengths(c):
             try:
-                windows = data_lib.PackedWindows(validation, length, "chunk", min_doc_tokens=length)
-            except data_lib.DataError:
+                docs = evaluate.select_documents(validation, length - 1, c.eval.batches * self.batch)
+            except evaluate.EvalError:
                 print(f"eval: no validation document reaches {length} tokens; skipping that length")
                 continue
-            count = min(len(windows), c.eval.batches * per_batch)
-            count -= count % per_batch or 0
-            if count:
-                self.sets[length] = (windows, count, per_batch)
-        self._step = jax.jit(lambda params, batch: loss_sums(nnx.merge(graphdef, params), batch, False))
+            self.jobs.append((length, docs))
 
-    def __call__(self, params) -> dict:
-        results = {}
-        batch_sharding = sharding.batch_sharding(self.mesh)
-        for length, (windows, count, per_batch) in self.sets.items():
-            total = tokens = 0.0
-            for start in range(0, count, per_batch):
-                rows = [windows[i] for i in range(start, start + per_batch)]
-                batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-                batch = jax.device_put(batch, batch_sharding)
-                t, n = self._step(params, batch)
-                total, tokens = total + float(t), tokens + float(n)
-            results[f"eval/loss@{length}"] = total / max(tokens, 1.0)
-        return results
+    def __call__(self, model) -> dict:
+        return {f"eval/loss@{length}": evaluate.perplexity(model, self.split, docs, length, truncate=True,
+                                                           batch_size=self.batch)["loss"]
+                for length, docs in self.jobs}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -398,7 +385,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
         train_step = jax.jit(make_train_step(graphdef, tx, c), donate_argnums=(0, 1),
                              in_shardings=(param_shardings, opt_shardings, batch_sharding),
                              out_shardings=(param_shardings, opt_shardings, None))
-        evaluator = Evaluator(c, graphdef, validation_split, mesh)
+    evaluator = Evaluator(c, validation_split)
     flops = flops_per_token(model_config, c.seq_len)
     peak = peak_tflops(c)
     print(f"model {model_config.num_params / 1e6:.2f}M parameters, rope {rope_lib.to_string(model_config.rope)}, "
@@ -437,7 +424,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
                 window_start, window_tokens = time.perf_counter(), 0
             if (c.eval.every and step % c.eval.every == 0) or step == c.steps:
                 with sharding.activation_sharding(mesh):
-                    results = evaluator(params)
+                    results = evaluator(nnx.merge(graphdef, params))
                 writer.write(step, results)
                 progress.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
                 last.update(results)
