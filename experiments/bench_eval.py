@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--stride", type=int, default=256)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--attention", default="xla", help="yarn_jax attention kernel")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -49,7 +50,7 @@ def main(argv=None) -> None:
     doc_ids = evaluate.select_documents(split, 4 * args.length, args.samples)
     with tempfile.TemporaryDirectory() as tmp:
         torch_model.save_pretrained(tmp)
-        model, _ = hf.from_pretrained(tmp)
+        model, _ = hf.from_pretrained(tmp, attention=args.attention)
 
     evaluate.perplexity(model, split, doc_ids[:1], args.length, stride=args.stride)  # compile
     start = time.perf_counter()
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
             count += w.scored
     torch_s = time.perf_counter() - start
 
-    rows = [("yarn_jax evaluate.perplexity (jit, batched windows)", ours["tokens"] / ours_s, ours["ppl"]),
+    rows = [(f"yarn_jax evaluate.perplexity (jit, batched windows, {args.attention} attention)", ours["tokens"] / ours_s, ours["ppl"]),
             ("transformers + PyTorch loop (sdpa)", count / torch_s, math.exp(nll / count))]
     print(f"\nSliding-window perplexity, length {args.length}, stride {args.stride}, {len(doc_ids)} stdlib documents, "
           f"{ours['windows']} windows, {os.cpu_count()} CPU cores\n")

@@ -168,10 +168,10 @@ def _token_losses_fn(graphdef):
     def losses(state, inputs, targets, true_len):
         model = nnx.merge(graphdef, state)
 
-        def one(ids, n):
-            return model(ids[None], rope_seq_len=n)[0]
-
-        logits = jax.vmap(one)(inputs, true_len)
+        if model.config.rope.is_length_dependent:
+            logits = jax.vmap(lambda ids, n: model(ids[None], rope_seq_len=n)[0])(inputs, true_len)
+        else:  # the frequencies do not depend on the length: one batched forward
+            logits = model(inputs)
         logp = jax.nn.log_softmax(logits, axis=-1)
         return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
