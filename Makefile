@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the small-scale reproduction lands: the frequency table and plot, then a CPU-size
-# continued pretraining with YaRN through the real trainer (sharding, checkpoints, evals).
+# The frequency table and plot, then the small-scale reproduction in its quick mode: pretrain a
+# tiny model on the embedded corpus, evaluate every method zero-shot, fine-tune linear/ntk/yarn,
+# passkey; prints the perplexity table and writes plots/JSON under demo_out/.
 demo: $(STAMP)
 	$(PY) experiments/rope_frequencies.py
-	rm -rf runs/demo_yarn_32k
-	$(PY) -m yarn_jax.train --config configs/yarn_32k.py:runlocal --workdir runs/demo_yarn_32k
+	rm -rf runs/small_scale_quick
+	$(PY) experiments/small_scale/run.py --quick
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q

@@ -193,7 +193,12 @@ def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: in
         chunk = windows[start:start + batch_size]
         pad = batch_size - len(chunk)  # one compiled shape per length
         inputs, targets, scored, true_len = _window_batch(split, chunk + chunk[-1:] * pad, doc_ids, length)
-        losses = np.asarray(losses_fn(state, inputs, targets, true_len), np.float64)[: len(chunk)]
+        losses = losses_fn(state, inputs, targets, true_len)
+        if jax.process_count() > 1:  # sharded over hosts (the trainer's eval hook): gather the rows
+            from jax.experimental import multihost_utils
+
+            losses = multihost_utils.process_allgather(losses, tiled=True)
+        losses = np.asarray(losses, np.float64)[: len(chunk)]
         scored = scored[: len(chunk)]
         total += float(losses[scored].sum())
         count += int(scored.sum())
