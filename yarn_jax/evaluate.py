@@ -327,6 +327,7 @@ def plot(results: list[dict], task: str, path: str) -> None:
     lengths = sorted({r["length"] for r in results})
     fig, ax = plt.subplots(figsize=(8, 5))
     if task == "perplexity":
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 distinguishable methods
         for label in ropes:
             rows = sorted((r for r in results if r["rope"] == label), key=lambda r: r["length"])
             ax.plot([r["length"] for r in rows], [r["ppl"] for r in rows], marker="o", label=label)
