@@ -167,6 +167,11 @@ def test_init_from_a_workdir_continues_from_its_weights(tmp_path):
     assert trained < fresh - 0.1  # same first batch: the loaded weights already learned something
     with open(tmp_path / "second" / "model_config.json") as f:
         assert json.load(f)["rope"]["factor"] == 4.0  # the extension is applied on top
+    third = train_harness.tiny_config({"steps": 1, "init_from": str(tmp_path / "second"), "rope": "none",
+                                       "mesh": {"data": 1, "fsdp": 1}})
+    train.train(third, str(tmp_path / "third"))
+    with open(tmp_path / "third" / "model_config.json") as f:
+        assert json.load(f)["rope"]["method"] == "yarn"  # "none" keeps the checkpoint's own rope
     from yarn_jax import evaluate  # a trained workdir is what `evaluate --checkpoint` reads
 
     assert evaluate.main(["perplexity", "--checkpoint", str(tmp_path / "first"), "--lengths", "64,128",

@@ -16,7 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = ""  # defaults to the config file's name (also the default workdir: runs/<name>)
     c.seed = 0
     c.init_from = ""  # "" (random init) | transformers dir | yarn_jax model dir | a run's workdir
-    c.rope = "default"  # rope SPEC applied to the model (the context extension)
+    c.rope = "none"  # rope SPEC applied to the model (the extension); "none": the checkpoint's own (default from scratch)
     c.seq_len = 4096
     c.batch_size = 8  # global, in sequences
     c.grad_accum = 1  # micro-batches per optimizer step (batch_size must divide by it)
@@ -81,7 +81,7 @@ def runlocal(c: ml_collections.ConfigDict, original: int = 64, factor: float = 8
                    param_dtype="float32", remat="none")
     method = rope_lib.canonical_method(str(c.rope).partition(":")[0])
     extended = int(original * factor)
-    if method == "default":
+    if method in ("default", "none"):
         c.rope, c.seq_len = "default", original
     elif method in ("linear", "ntk"):
         c.rope, c.seq_len = f"{method}:factor={factor:g}", extended

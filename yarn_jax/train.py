@@ -74,7 +74,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     need(c.checkpoint.keep >= 1, "checkpoint.keep", ">= 1", c.checkpoint.keep)
     need(c.log_every >= 1, "log_every", ">= 1", c.log_every)
     try:
-        rope_lib.parse(c.rope, rotary_dim=64)
+        _rope_for(c, 64)
     except ValueError as error:
         raise ValueError(f"config.rope: {error}") from None
     for length in eval_lengths(c):
@@ -112,7 +112,10 @@ def model_config_from_scratch(c, vocab_size: int) -> model_lib.ModelConfig:
                                  rope=_rope_for(c, (m["head_dim"] or m["hidden_size"] // m["num_heads"])), **fields)
 
 
-def _rope_for(c, rotary_dim: int, theta: float = 10000.0) -> rope_lib.RopeSpec:
+def _rope_for(c, rotary_dim: int, theta: float = 10000.0, own: rope_lib.RopeSpec | None = None) -> rope_lib.RopeSpec:
+    """The run's rope: ``config.rope``, or with "none" the checkpoint's own (``default`` from scratch)."""
+    if str(c.rope) in ("none", ""):
+        return own or rope_lib.RopeSpec("default", rotary_dim, theta=theta)
     return rope_lib.parse(c.rope, rotary_dim=rotary_dim, theta=theta)
 
 
@@ -152,7 +155,7 @@ def load_initial_model(c, mesh, vocab_size: int):
     else:
         model, config = checkpoint_lib.load_workdir(c.init_from, sharding_fn=place, **_runtime_overrides(c))
         print(f"init_from {c.init_from}: step {checkpoint_lib.latest_step(c.init_from)}")
-    config = config.replace(rope=_rope_for(c, config.head_dim, config.rope.theta),
+    config = config.replace(rope=_rope_for(c, config.head_dim, config.rope.theta, own=config.rope),
                             max_position_embeddings=max(config.max_position_embeddings, c.seq_len))
     return _rebuild(model, config), config
 
