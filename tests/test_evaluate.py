@@ -158,6 +158,11 @@ def test_cli_evaluates_several_ropes_and_writes_json_and_plot(tmp_path, byte_mod
                           "--trials", "2", "--json", str(tmp_path / "pk.json")])
     report = json.loads((tmp_path / "pk.json").read_text())
     assert code == 0 and {"accuracy", "digit_accuracy", "length"} <= set(report["results"][0])
+    capsys.readouterr()
+    assert evaluate.main(["passkey", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "300,400",
+                          "--trials", "3", "--depths", "3"]) == 0
+    grid = capsys.readouterr().out.split("depth x length")[1]
+    assert "| 0.00 |" in grid and "| 0.50 |" in grid and "| 1.00 |" in grid
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -317,6 +317,21 @@ def markdown_table(results: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def depth_grid(results: list[dict], rope: str) -> str:
+    """Passkey generation accuracy by key depth (rows) and prompt length (columns) for one rope."""
+    rows = [r for r in results if r["rope"] == rope]
+    lengths = sorted({r["length"] for r in rows})
+    depths = sorted({t["depth"] for r in rows for t in r["trials_detail"]})
+    lines = ["| depth | " + " | ".join(map(str, lengths)) + " |", "|---:" + "|---:" * len(lengths) + "|"]
+    for depth in depths:
+        cells = []
+        for n in lengths:
+            trials = [t for r in rows if r["length"] == n for t in r["trials_detail"] if t["depth"] == depth]
+            cells.append(f"{100 * np.mean([t['correct'] for t in trials]):.0f}%" if trials else "-")
+        lines.append(f"| {depth:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], task: str, path: str) -> None:
     import matplotlib
 
@@ -414,6 +429,10 @@ def run(args) -> dict:
     if args.task == "passkey" and "digit_accuracy" in results[0]:
         print("\ndigit accuracy (correct digit ranked first among the ten; chance 10%)\n")
         print(markdown_table(results, "digit_accuracy"))
+    if args.task == "passkey" and args.depths:
+        for label, _ in variants:
+            print(f"\ndepth x length, generation accuracy, rope {label}\n")
+            print(depth_grid(results, label))
     output = {"task": args.task, "model": args.checkpoint or args.hf, "tokenizer": tokenizer.spec,
               "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "results": results}
     if args.json:
