@@ -560,3 +560,13 @@ def test_spec_is_hashable_and_a_static_jit_argument():
     assert hash(spec) == hash(rope.RopeSpec(**LONGROPE))
     f = jax.jit(lambda p, s: rope.cos_sin(s, p)[0], static_argnums=1)
     assert f(jnp.arange(5), spec).shape == (5, 8)
+
+
+def test_rope_module_imports_only_what_the_design_allows():
+    """rope.py must stay copyable into any JAX model: jax, jax.numpy, numpy, math, dataclasses."""
+    import ast
+
+    tree = ast.parse(open(rope.__file__).read())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert names <= {"jax", "jax.numpy", "numpy", "math", "dataclasses", "__future__"}, names

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +124,7 @@ class RopeSpec:
         return self.method in LENGTH_DEPENDENT
 
 
-def _fail(field: str, allowed: str, got: Any) -> None:
+def _fail(field: str, allowed: str, got) -> None:
     raise ValueError(f"RopeSpec.{field}: must be {allowed}; got {got!r}")
 
 
@@ -524,7 +523,7 @@ def to_hf_config(spec: RopeSpec) -> dict:
             params.pop("original_max_position_embeddings", None)
         if method == "ntk_by_parts":
             method, params["attention_factor"] = "yarn", 1.0
-    out: dict[str, Any] = {"rope_theta": float(theta)}
+    out: dict = {"rope_theta": float(theta)}
     out["rope_scaling"] = None if method == "default" else {"rope_type": method, **params}
     out["rope_parameters"] = {"rope_type": method, "rope_theta": float(theta), **params}
     if spec.head_dim is not None:
