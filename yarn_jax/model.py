@@ -340,13 +340,17 @@ def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None
             "tokens": jnp.zeros((batch_size, cache_size), jnp.int32), "rope_len": jnp.int32(0)}
 
 
-def with_rope(model: Decoder, spec) -> Decoder:
-    """The same weights under another rope spec (a RopeSpec, SPEC string or dict): a new Decoder
-    sharing the parameter arrays, no copy."""
-    config = model.config.replace(rope=rope_lib.parse(spec, rotary_dim=model.config.head_dim,
-                                                      theta=model.config.rope.theta))
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
+def with_config(model: Decoder, config: ModelConfig) -> Decoder:
+    """The same parameter arrays (no copy) under another config of the same shapes: another rope,
+    attention kernel, dtype, remat policy or max_position_embeddings."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
     return nnx.merge(graphdef, nnx.state(model))
+
+
+def with_rope(model: Decoder, spec) -> Decoder:
+    """The same weights under another rope spec (a RopeSpec, SPEC string or dict)."""
+    c = model.config
+    return with_config(model, c.replace(rope=rope_lib.parse(spec, rotary_dim=c.head_dim, theta=c.rope.theta)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -157,12 +157,7 @@ def load_initial_model(c, mesh, vocab_size: int):
         print(f"init_from {c.init_from}: step {checkpoint_lib.latest_step(c.init_from)}")
     config = config.replace(rope=_rope_for(c, config.head_dim, config.rope.theta, own=config.rope),
                             max_position_embeddings=max(config.max_position_embeddings, c.seq_len))
-    return _rebuild(model, config), config
-
-
-def _rebuild(model, config):
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0))))
-    return nnx.merge(graphdef, nnx.state(model))
+    return model_lib.with_config(model, config), config
 
 
 # ------------------------------------------------------------------------------------------------
