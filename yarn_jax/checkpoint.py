@@ -47,7 +47,8 @@ def save_model(model: model_lib.Decoder, directory: str) -> str:
         raise FileExistsError(f"{directory}: already holds a model checkpoint; choose another --out")
     os.makedirs(directory, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(directory, PARAMS_DIR), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    # The nnx State itself (Variables included), the layout the trainer's checkpoints use too.
+    checkpointer.save(os.path.join(directory, PARAMS_DIR), nnx.state(model))
     checkpointer.wait_until_finished()
     with open(os.path.join(directory, CONFIG_FILE), "w") as f:  # written last: its presence marks completion
         json.dump(config_to_dict(model.config), f, indent=2)
@@ -62,24 +63,23 @@ def load_model(directory: str, *, sharding_fn=None, **overrides):
         raise FileNotFoundError(f"{directory}: not a yarn_jax model directory (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
     with open(os.path.join(directory, CONFIG_FILE)) as f:
         config = config_from_dict(json.load(f), **overrides)
-    abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    params = nnx.state(abstract, nnx.Param)
+    graphdef, targets = _restore_targets(config, sharding_fn)
+    restored = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR), targets)
+    return nnx.merge(graphdef, restored), config
+
+
+def _restore_targets(config: model_lib.ModelConfig, sharding_fn=None):
+    """The Decoder's graphdef and its abstract State, each Variable holding a ShapeDtypeStruct
+    placed by ``sharding_fn(path, logical_axes, shape)`` (default: the default device)."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0))))
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    targets = {}
-    for path, var in nnx.to_flat_state(params):
-        sharding = sharding_fn(path, var.get_metadata().get("logical_axes"), tuple(var.shape)) if sharding_fn else None
-        targets[path] = jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sharding or default)
-    target_tree = nnx.to_pure_dict(params)
-    target_tree = _fill(target_tree, targets)
-    restored = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR), target_tree)
-    nnx.replace_by_pure_dict(state, restored)
-    return nnx.merge(graphdef, state), config
 
+    def target(path, variable):
+        names = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+        sharding = sharding_fn(names, variable.get_metadata().get("logical_axes"), variable.shape) if sharding_fn else None
+        return variable.replace(jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=sharding or default))
 
-def _fill(tree: dict, leaves: dict, prefix=()) -> dict:
-    return {k: _fill(v, leaves, prefix + (k,)) if isinstance(v, dict) else leaves[prefix + (k,)]
-            for k, v in tree.items()}
+    return graphdef, jax.tree_util.tree_map_with_path(target, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def is_workdir(path: str) -> bool:
@@ -100,16 +100,7 @@ def load_workdir(workdir: str, *, sharding_fn=None, step: int | None = None, **o
         raise FileNotFoundError(f"{workdir}: has no checkpoint yet (checkpoints/ is empty)")
     with open(os.path.join(workdir, CONFIG_FILE)) as f:
         config = config_from_dict(json.load(f), **overrides)
-    abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def target(variable):
-        sharding = sharding_fn(None, variable.get_metadata().get("logical_axes"), variable.shape) if sharding_fn else None
-        # The trainer saves the nnx State itself (Variables included), so the target keeps them.
-        return variable.replace(jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=sharding or default))
-
-    targets = jax.tree.map(target, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    graphdef, targets = _restore_targets(config, sharding_fn)
     with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(targets)))
     return nnx.merge(graphdef, restored["params"]), config

@@ -140,10 +140,6 @@ def hf_name(path: tuple) -> tuple[str, bool]:
     return "model." + ".".join(parts), transpose
 
 
-def _flat_params(state) -> list[tuple[tuple, object]]:
-    return [(path, var) for path, var in nnx.to_flat_state(state)]
-
-
 # ------------------------------------------------------------------------------------------------
 # Reading
 # ------------------------------------------------------------------------------------------------
@@ -221,7 +217,7 @@ def _load_params(config, reader: _SafetensorsReader, where: str, sharding_fn):
     graphdef, state = nnx.split(abstract)
     pure = nnx.to_pure_dict(state)
     used = set()
-    for path, var in _flat_params(state):
+    for path, var in nnx.to_flat_state(state):
         name, transpose = hf_name(path)
         if name not in reader.files:
             raise ValueError(f"{where}: tensor {name} is missing (needed for {'.'.join(map(str, path))})")
@@ -272,7 +268,7 @@ def save_pretrained(model: model_lib.Decoder, config: model_lib.ModelConfig | No
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
     try:
         shards, current, size = [], {}, 0
-        for path, var in _flat_params(nnx.state(model, nnx.Param)):
+        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
             name, transpose = hf_name(path)
             array = np.asarray(jax.device_get(var[...]))
             array = np.ascontiguousarray(array.T if transpose else array).astype(dtype or array.dtype)
