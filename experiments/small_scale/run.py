@@ -30,10 +30,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 SETTINGS = {
     # quick: a smaller model, fewer steps and lengths; full: the committed experiment.
-    "quick": dict(L=128, steps=150, batch=16, hidden=128, layers=2, heads=4, finetune_steps=20, multiples=(1, 2, 4, 8),
-                  samples=3, passkey_trials=3, passkey_multiples=(2, 4)),
-    "full": dict(L=256, steps=700, batch=16, hidden=256, layers=4, heads=4, finetune_steps=60,
-                 multiples=(1, 2, 4, 8, 16), samples=8, passkey_trials=10, passkey_multiples=(1, 2, 4, 8)),
+    "quick": dict(L=128, steps=150, batch=16, hidden=128, layers=2, heads=4, finetune_steps=20,
+                  finetune_eval_every=5, multiples=(1, 2, 4, 8), samples=3, passkey_trials=3, passkey_multiples=(2, 4)),
+    "full": dict(L=256, steps=700, batch=16, hidden=256, layers=4, heads=4, finetune_steps=100,
+                 finetune_eval_every=10, multiples=(1, 2, 4, 8, 16), samples=8, passkey_trials=10, passkey_multiples=(1, 2, 4, 8)),
 }
 SCALE = 4  # the fine-tuning factor s
 
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
         workdir = os.path.join(work, f"finetune_{method}")
         run([py, "-m", "yarn_jax.train", "--config", "configs/tiny_stdlib.py", "--workdir", workdir,
              f"--config.init_from={pretrain}", f"--config.rope={rope}", f"--config.steps={p['finetune_steps']}",
-             f"--config.checkpoint.every={p['finetune_steps']}", f"--config.eval.every={max(1, p['finetune_steps'] // 4)}",
+             f"--config.checkpoint.every={p['finetune_steps']}", f"--config.eval.every={p['finetune_eval_every']}",
              "--config.optimizer.lr=3e-4", "--config.optimizer.warmup_steps=5", "--config.optimizer.schedule=constant",
              *[c for c in common if not c.startswith("--config.seq_len")], f"--config.seq_len={SCALE * L}",
              f"--config.batch_size={max(1, p['batch'] // SCALE)}"], log)
@@ -115,9 +115,12 @@ def main(argv=None) -> None:
 
     # 4. Passkey.
     passkey_json = os.path.join(out, f"small_scale_{mode}_passkey_pretrained.json")
+    passkey_ropes = ["none", f"linear:factor={SCALE}", f"ntk:factor={SCALE}",
+                     f"dynamic:factor={SCALE},original_max_position_embeddings={L}",
+                     f"yarn:factor={SCALE},original_max_position_embeddings={L}",
+                     f"dynamic_yarn:original_max_position_embeddings={L}"]
     run([*evaluate, "passkey", "--checkpoint", pretrain, "--lengths", passkey_lengths, "--trials",
-         str(p["passkey_trials"]), "--rope", "none", "--rope", f"linear:factor={SCALE}",
-         "--rope", f"yarn:factor={SCALE},original_max_position_embeddings={L}", "--json", passkey_json], log)
+         str(p["passkey_trials"]), *[a for r in passkey_ropes for a in ("--rope", r)], "--json", passkey_json], log)
 
     # 5. Summary.
     with open(zero_json) as f:
