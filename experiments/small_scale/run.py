@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+import report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SETTINGS = {
@@ -62,12 +64,28 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", default=None, help="default runs/small_scale[_quick]")
     parser.add_argument("--out", default=None, help="default experiments/results (full) or demo_out (quick)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the files of a finished run")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     p = SETTINGS[mode]
     work = os.path.abspath(args.workdir or os.path.join(ROOT, "runs", f"small_scale_{mode}"))
     out = os.path.abspath(args.out or os.path.join(ROOT, "demo_out" if args.quick else "experiments/results"))
     os.makedirs(out, exist_ok=True)
+    if not args.report_only:
+        run_pipeline(mode, p, work, out)
+    path, d = report.write(mode, work, out)
+    L = d["L"]
+    print(f"\nPerplexity vs length, pretrained at L = {L}; fine-tuned at s*L = {SCALE * L} for {p['finetune_steps']} steps\n")
+    print(report.ppl_table(report.by_rope(d["ppl_zero_shot"]) |
+                           {k: v for k, v in report.finetuned_rows(d).items() if k.startswith("fine-tuned")}))
+    print("\nThe YaRN paper's claims at this scale\n")
+    for c in d["claims"]:
+        print(f"  {c['claim']} {c['verdict']:<15s} {c['numbers']}")
+    print(f"\nreport {path}; plots {os.path.join(out, f'small_scale_{mode}_zero_shot.png')}, "
+          f"{os.path.join(out, f'small_scale_{mode}_finetuned.png')}")
+
+
+def run_pipeline(mode: str, p: dict, work: str, out: str) -> None:
     py, L, log = sys.executable, p["L"], []
     start = time.perf_counter()
     lengths = ",".join(str(m * L) for m in p["multiples"])
@@ -122,39 +140,12 @@ def main(argv=None) -> None:
     run([*evaluate, "passkey", "--checkpoint", pretrain, "--lengths", passkey_lengths, "--trials",
          str(p["passkey_trials"]), *[a for r in passkey_ropes for a in ("--rope", r)], "--json", passkey_json], log)
 
-    # 5. Summary.
-    with open(zero_json) as f:
-        zero = json.load(f)["results"]
-    fine = {}
-    for method, path in finetuned.items():
-        with open(path) as f:
-            fine[method] = json.load(f)["results"]
-    with open(passkey_json) as f:
-        passkeys = json.load(f)["results"]
+    # 5. What the report needs besides the result files: settings, commands, timing, machine.
     summary = {"mode": mode, "settings": p, "scale": SCALE, "commands": log,
                "wall_seconds": round(time.perf_counter() - start, 1), "machine": platform.platform(),
-               "cpu_count": os.cpu_count(), "zero_shot": zero, "finetuned": fine, "passkey_pretrained": passkeys}
+               "cpu_count": os.cpu_count()}
     with open(os.path.join(out, f"small_scale_{mode}.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"\nZero-shot perplexity (L = {L}); finetuned rows are s = {SCALE} after {p['finetune_steps']} steps\n")
-    print(table(zero, fine))
-    print("\nPasskey, pretrained model (generation accuracy / digit accuracy)\n")
-    for r in passkeys:
-        print(f"  {r['rope']:<50s} {r['length']:>6d} tokens: {100 * r['accuracy']:.0f}% / "
-              f"{100 * r.get('digit_accuracy', float('nan')):.0f}%")
-    print(f"\nwall time {summary['wall_seconds']:.0f} s; plot {os.path.join(out, f'small_scale_{mode}_zero_shot.png')}")
-
-
-def table(zero: list[dict], fine: dict) -> str:
-    lengths = sorted({r["length"] for r in zero})
-    rows = [("zero-shot " + r["rope"], r) for r in zero] + \
-           [(f"fine-tuned {m} / {r['rope']}", r) for m, rs in fine.items() for r in rs]
-    labels = list(dict.fromkeys(label for label, _ in rows))
-    lines = ["| model / rope | " + " | ".join(map(str, lengths)) + " |", "|---" + "|---:" * len(lengths) + "|"]
-    for label in labels:
-        cells = {r["length"]: r["ppl"] for l, r in rows if l == label}
-        lines.append(f"| {label} | " + " | ".join(f"{cells[n]:.2f}" if n in cells else "-" for n in lengths) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
