@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -158,7 +160,8 @@ def test_every_config_runs_runlocal(tmp_path, config):
 
 def test_init_from_a_workdir_continues_from_its_weights(tmp_path):
     first = train_harness.tiny_config({"steps": 6, "mesh": {"data": 1, "fsdp": 1}})
-    train.train(first, str(tmp_path / "first"))
+    metrics = train.train(first, str(tmp_path / "first"))
+    assert metrics["train_step_compilations"] == 1  # six steps, evals and saves: the step compiled once
     second = train_harness.tiny_config({"steps": 1, "init_from": str(tmp_path / "first"),
                                         "rope": "yarn:factor=4,original_max_position_embeddings=32",
                                         "mesh": {"data": 1, "fsdp": 1}})
@@ -178,3 +181,12 @@ def test_init_from_a_workdir_continues_from_its_weights(tmp_path):
                           "--samples", "2", "--json", str(tmp_path / "ppl.json")]) == 0
     with open(tmp_path / "ppl.json") as f:
         assert [r["length"] for r in json.load(f)["results"]] == [64, 128]
+
+
+def test_trace_counter_sees_a_recompilation():
+    counted = train.count_traces(lambda x: x * 2)
+    step = jax.jit(counted)
+    step(jnp.ones(3)), step(jnp.ones(3))
+    assert counted.traces == 1
+    step(jnp.ones(4))  # a new shape compiles again: the trainer would warn
+    assert counted.traces == 2

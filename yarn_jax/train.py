@@ -235,6 +235,19 @@ def make_train_step(graphdef, tx, c):
     return step
 
 
+def count_traces(fn):
+    """``fn``, counting in ``.traces`` how often JAX traces it: once per compilation, so a count
+    that grows after the first step means the step recompiled (a shape, dtype or sharding changed)."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        traced.traces += 1
+        return fn(*args)
+
+    traced.traces = 0
+    return traced
+
+
 # ------------------------------------------------------------------------------------------------
 # Throughput accounting
 # ------------------------------------------------------------------------------------------------
@@ -382,7 +395,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
 
     # ---- The compiled step ---------------------------------------------------------------------
     with sharding.activation_sharding(mesh):
-        train_step = jax.jit(make_train_step(graphdef, tx, c), donate_argnums=(0, 1),
+        step_fn = count_traces(make_train_step(graphdef, tx, c))
+        train_step = jax.jit(step_fn, donate_argnums=(0, 1),
                              in_shardings=(param_shardings, opt_shardings, batch_sharding),
                              out_shardings=(param_shardings, opt_shardings, None))
     evaluator = Evaluator(c, validation_split)
@@ -398,7 +412,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
 
     # ---- Loop ----------------------------------------------------------------------------------
     writer = MetricWriter(workdir)
-    last, pending = {}, None  # pending: (step, metrics) of the last dispatched step, checked one step late
+    last, pending, recompiled = {}, None, []  # pending: (step, metrics) of the last step, checked one step late
     window_start, window_tokens = time.perf_counter(), 0
     progress = _progress(start, c.steps)
     try:
@@ -411,12 +425,20 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
             _check_finite(pending, manager)
             pending = (step, metrics)
             window_tokens += c.batch_size * c.seq_len
+            if step == start + 1 and step % c.log_every and step < c.steps:  # windows exclude compilation
+                jax.block_until_ready(metrics)
+                window_start, window_tokens = time.perf_counter(), 0
+            if step_fn.traces > 1 and not recompiled:
+                recompiled.append(step)
+                progress.write(f"warning: the train step compiled again at step {step} (a batch shape, dtype or "
+                               "sharding changed); every recompilation costs time")
             if step % c.log_every == 0 or step == c.steps:
                 _check_finite(pending, manager)
                 elapsed = time.perf_counter() - window_start
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 last.update(lr=float(schedule(step - 1)), tokens_per_s=window_tokens / elapsed)
                 last["tflops_per_device"] = last["tokens_per_s"] * flops / 1e12 / jax.device_count()
+                last["train_step_compilations"] = step_fn.traces
                 if peak:
                     last["mfu"] = last["tflops_per_device"] / peak
                 writer.write(step, last)
