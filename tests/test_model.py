@@ -207,3 +207,18 @@ def test_num_params_counts_what_the_model_holds():
         model = _tiny("default", tie_word_embeddings=tied, qkv_bias=True)
         held = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
         assert model.config.num_params == held
+
+
+@pytest.mark.parametrize("spec", ["yarn:factor=4,original_max_position_embeddings=16",
+                                  "dynamic_yarn:original_max_position_embeddings=16"])
+def test_frequencies_are_computed_once_per_forward_not_per_layer(spec):
+    from yarn_jax import rope
+
+    def cos_ops(layers):
+        config = model_lib.ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=layers,
+                                       num_heads=4, num_kv_heads=2, rope=rope.parse(spec, rotary_dim=8))
+        graphdef, state = nnx.split(model_lib.Decoder(config, rngs=nnx.Rngs(0)))
+        jaxpr = jax.make_jaxpr(lambda s, ids: nnx.merge(graphdef, s)(ids))(state, jnp.zeros((1, 24), jnp.int32))
+        return str(jaxpr).count(" cos ")
+
+    assert cos_ops(1) == cos_ops(3) >= 1

@@ -1,0 +1,186 @@
+"""Training-step throughput and MFU: yarn_jax's train step vs transformers `LlamaForCausalLM` on
+PyTorch, the same Llama-style model, batch, length and dtype (float32), AdamW with gradient
+clipping on both sides, measured in the same run, alternating step by step after warm-up.
+
+    python experiments/bench_train.py [--quick] [--json PATH] [--steps 5]
+
+yarn_jax runs the trainer's own step (`train.make_train_step`, jit with donated state, attention
+`auto`); PyTorch runs `model(ids, labels=ids)`, `backward`, `clip_grad_norm_`, `AdamW.step` with
+`attn_implementation="sdpa"`. Tokens/s is tokens per optimizer step over the median step time.
+
+FLOPs per token (the trainer's formula, `train.flops_per_token`): 6 * N_matmul (every matmul
+parameter: attention and MLP projections plus the output projection; the embedding lookup is not a
+matmul) + 6 * layers * T * d_model (causal attention: half of the 12 * layers * T * d_model of
+full QK^T and AV, forward and backward). MFU = achieved FLOP/s / peak, the peak being the best of
+several large float32 matmuls in XLA on this machine, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+# (name, hidden, layers, heads, intermediate); vocabulary 32000 (Llama 2's) for all.
+SIZES = {
+    "20M": (256, 4, 4, 688),
+    "58M": (512, 8, 8, 1376),
+    "134M": (768, 12, 12, 2048),
+}
+FULL = [("20M", 512), ("20M", 1024), ("20M", 2048), ("20M", 4096), ("58M", 1024), ("134M", 1024)]
+QUICK = [("20M", 512), ("58M", 1024)]
+TOKENS_PER_STEP = 4096
+VOCAB = 32000
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """Best FLOP/s of an XLA float32 [size, size] @ [size, size] (the MFU denominator)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def model_fields(name: str, vocab: int = VOCAB) -> dict:
+    hidden, layers, heads, intermediate = SIZES[name]
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_layers=layers,
+                num_heads=heads, num_kv_heads=heads, attention="auto")
+
+
+def jax_step(fields: dict, seq_len: int, batch: int, rope: str = "default"):
+    """(run one step -> blocks, model config, trace counter) for yarn_jax's trainer step on a
+    model with ``fields`` (trainer config.model names), random tokens."""
+    import jax
+    from flax import nnx
+
+    from yarn_jax import model as model_lib
+    from yarn_jax import recipe, train
+
+    c = recipe.base_config()
+    c.seq_len, c.batch_size, c.steps = seq_len, batch, 1000
+    c.rope = rope
+    c.model.update(fields)
+    vocab = fields["vocab_size"]
+    c.optimizer.update(lr=1e-4, warmup_steps=0, schedule="constant", weight_decay=0.0)
+    config = train.model_config_from_scratch(c, vocab)
+    graphdef, params = nnx.split(model_lib.Decoder(config, rngs=nnx.Rngs(0)))
+    tx, _ = train.make_optimizer(c)
+    opt_state = tx.init(params)
+    counted = train.count_traces(train.make_train_step(graphdef, tx, c))
+    step = jax.jit(counted, donate_argnums=(0, 1))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, (batch, seq_len + 1)).astype(np.int32)
+    data = {"input_ids": ids[:, :-1], "targets": ids[:, 1:],
+            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
+            "segment_ids": np.ones((batch, seq_len), np.int32), "loss_mask": np.ones((batch, seq_len), np.int32)}
+    data = jax.device_put(data)
+    state = [params, opt_state]
+
+    def run():
+        state[0], state[1], metrics = step(state[0], state[1], data)
+        jax.block_until_ready(metrics)
+
+    return run, config, counted
+
+
+def torch_step(name: str, seq_len: int, batch: int):
+    import torch
+    import transformers
+
+    hidden, layers, heads, intermediate = SIZES[name]
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=intermediate,
+                                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                                      max_position_embeddings=seq_len, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, VOCAB, (batch, seq_len)).astype(np.int64))
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return run, sum(p.numel() for p in model.parameters())
+
+
+def measure(name: str, seq_len: int, steps: int, peak: float) -> dict:
+    from yarn_jax import attention, train
+
+    batch = max(1, TOKENS_PER_STEP // seq_len)
+    ours, config, counted = jax_step(model_fields(name), seq_len, batch)
+    theirs, torch_params = torch_step(name, seq_len, batch)
+    for run in (ours, theirs, ours, theirs):  # warm-up: compilation, allocator, first AdamW moments
+        run()
+    compiled = counted.traces
+    times = {"jax": [], "torch": []}
+    for _ in range(steps):  # alternating, so drift (thermal, other load) hits both alike
+        for key, run in (("jax", ours), ("torch", theirs)):
+            start = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - start)
+    if counted.traces != compiled:
+        raise SystemExit(f"the train step recompiled during the timed steps ({compiled} -> {counted.traces})")
+    tokens = batch * seq_len
+    ours_rate = tokens / statistics.median(times["jax"])
+    torch_rate = tokens / statistics.median(times["torch"])
+    flops = train.flops_per_token(config, seq_len)
+    return {"size": name, "params": int(config.num_params), "torch_params": int(torch_params), "seq_len": seq_len,
+            "batch": batch, "attention": attention.resolve_implementation(config.attention, seq_len),
+            "tokens_per_s": ours_rate, "torch_tokens_per_s": torch_rate, "ratio": ours_rate / torch_rate,
+            "mfu": ours_rate * flops / peak, "torch_mfu": torch_rate * flops / peak, "flops_per_token": flops,
+            "step_s": statistics.median(times["jax"]), "torch_step_s": statistics.median(times["torch"]),
+            "compilations": compiled}
+
+
+def main(argv=None) -> None:
+    import jax
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="two rows, 2 timed steps (under 3 minutes)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation and row")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(os.cpu_count())
+    steps = 2 if args.quick else args.steps
+    peak = matmul_peak()
+    rows = []
+    for name, seq_len in (QUICK if args.quick else FULL):
+        rows.append(measure(name, seq_len, steps, peak))
+        r = rows[-1]
+        print(f"{r['size']} T={seq_len}: {r['tokens_per_s']:,.0f} vs {r['torch_tokens_per_s']:,.0f} tok/s "
+              f"(x{r['ratio']:.2f}), MFU {100 * r['mfu']:.0f}%", flush=True)
+    print(f"\nTraining step, float32, {TOKENS_PER_STEP} tokens per step, AdamW + clipping, {jax.devices()[0].platform} "
+          f"({os.cpu_count()} cores); jax {jax.__version__}, torch {torch.__version__}; median of {steps} "
+          f"alternating steps after 2 warm-up steps each")
+    print(f"MFU peak: XLA float32 2048^3 matmul measured in this run, {peak / 1e9:.1f} GFLOP/s\n")
+    print("| model | params | T | batch | attention | yarn_jax tok/s | PyTorch tok/s | ratio | yarn_jax MFU | PyTorch MFU |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['seq_len']} | {r['batch']} | {r['attention']} | "
+              f"{r['tokens_per_s']:,.0f} | {r['torch_tokens_per_s']:,.0f} | {r['ratio']:.2f}x | "
+              f"{100 * r['mfu']:.0f}% | {100 * r['torch_mfu']:.0f}% |")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "peak_flops": peak, "tokens_per_step": TOKENS_PER_STEP, "steps": steps,
+                       "platform": jax.devices()[0].platform, "cpu_count": os.cpu_count()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
