@@ -121,6 +121,15 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------------
 
 
+def matmul_2d(x, kernel, **kwargs):
+    """x [..., in] @ kernel [in, out] as one 2-D matmul over the flattened leading dims. The same
+    math as jnp.dot; flattening first lets XLA's CPU backend compute the weight gradient
+    (contracting batch and length together) without materialising a transposed copy of x or of
+    the output gradient (measured: 25% faster backward for an MLP projection, see bench_train)."""
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, **kwargs)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias); kernel [in, out] with logical axes (transformers stores [out, in])."""
 
@@ -133,7 +142,7 @@ class Dense(nnx.Module):
         self.dtype = config.dtype
 
     def __call__(self, x):
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = matmul_2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
 
 
@@ -264,7 +273,7 @@ class Decoder(nnx.Module):
             weight = self.embed_tokens[...].astype(self.config.dtype).T
         else:
             weight = self.lm_head.kernel[...].astype(self.config.dtype)
-        return jnp.dot(x, weight, preferred_element_type=jnp.float32)
+        return matmul_2d(x, weight, preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids, positions=None, segment_ids=None, rope_seq_len=None):
         """Logits float32 [B, T, vocab] for int [B, T] tokens.
