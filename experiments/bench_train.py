@@ -4,6 +4,9 @@ clipping on both sides, measured in the same run, alternating step by step after
 
     python experiments/bench_train.py [--quick] [--json PATH] [--steps 5]
 
+Full mode adds the long-context table: one step of the 20M model at 4k..32k tokens with chunked
+attention and a chunked loss, peak memory per length (--quick skips it).
+
 yarn_jax runs the trainer's own step (`train.make_train_step`, jit with donated state, attention
 `auto`); PyTorch runs `model(ids, labels=ids)`, `backward`, `clip_grad_norm_`, `AdamW.step` with
 `attn_implementation="sdpa"`. Tokens/s is tokens per optimizer step over the median step time.
@@ -59,7 +62,7 @@ def model_fields(name: str, vocab: int = VOCAB) -> dict:
                 num_heads=heads, num_kv_heads=heads, attention="auto")
 
 
-def jax_step(fields: dict, seq_len: int, batch: int, rope: str = "default"):
+def jax_step(fields: dict, seq_len: int, batch: int, rope: str = "default", loss_chunk: int = 0):
     """(run one step -> blocks, model config, trace counter) for yarn_jax's trainer step on a
     model with ``fields`` (trainer config.model names), random tokens."""
     import jax
@@ -70,7 +73,7 @@ def jax_step(fields: dict, seq_len: int, batch: int, rope: str = "default"):
 
     c = recipe.base_config()
     c.seq_len, c.batch_size, c.steps = seq_len, batch, 1000
-    c.rope = rope
+    c.rope, c.loss_chunk = rope, loss_chunk
     c.model.update(fields)
     vocab = fields["vocab_size"]
     c.optimizer.update(lr=1e-4, warmup_steps=0, schedule="constant", weight_decay=0.0)
@@ -147,6 +150,38 @@ def measure(name: str, seq_len: int, steps: int, peak: float) -> dict:
             "compilations": compiled}
 
 
+LONG_LENGTHS = (4096, 8192, 16384, 32768)
+
+
+def long_context_row(seq_len: int) -> dict:
+    """One forward+backward+AdamW step of the 20M model on one sequence of ``seq_len`` tokens
+    with chunked attention and a chunked loss; run in its own process so its peak RSS is its own."""
+    import resource
+
+    fields = {**model_fields("20M"), "attention": "chunked"}
+    run, config, _ = jax_step(fields, seq_len, 1, loss_chunk=2048)
+    start = time.perf_counter()
+    run()  # one step, compilation included: the point is memory, and 32k steps take minutes here
+    return {"seq_len": seq_len, "first_step_s": time.perf_counter() - start,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def long_context_rows() -> list[dict]:
+    import subprocess
+    import sys
+
+    rows = []
+    for seq_len in LONG_LENGTHS:
+        done = subprocess.run([sys.executable, __file__, "--long-context-row", str(seq_len)], capture_output=True,
+                              text=True)
+        if done.returncode:
+            rows.append({"seq_len": seq_len, "error": done.stderr.strip().splitlines()[-1]})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"long context T={seq_len}: {rows[-1]}", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     import jax
     import torch
@@ -155,7 +190,11 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="two rows, 2 timed steps (under 3 minutes)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation and row")
     parser.add_argument("--json")
+    parser.add_argument("--long-context-row", type=int, help=argparse.SUPPRESS)  # the child of long_context_rows
     args = parser.parse_args(argv)
+    if args.long_context_row:
+        print(json.dumps(long_context_row(args.long_context_row)))
+        return
     torch.set_num_threads(os.cpu_count())
     steps = 2 if args.quick else args.steps
     peak = matmul_peak()
@@ -175,11 +214,22 @@ def main(argv=None) -> None:
         print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['seq_len']} | {r['batch']} | {r['attention']} | "
               f"{r['tokens_per_s']:,.0f} | {r['torch_tokens_per_s']:,.0f} | {r['ratio']:.2f}x | "
               f"{100 * r['mfu']:.0f}% | {100 * r['torch_mfu']:.0f}% |")
+    long_rows = [] if args.quick else long_context_rows()
+    if long_rows:
+        print("\nLong context: one training step of the 20M model on one sequence, chunked attention, loss in "
+              "chunks of 2048 positions (each length in its own process)\n")
+        print("| T | first step s (with compilation) | peak RSS GiB |\n|---:|---:|---:|")
+        for r in long_rows:
+            if "error" in r:
+                print(f"| {r['seq_len']} | failed: {r['error']} | |")
+            else:
+                print(f"| {r['seq_len']} | {r['first_step_s']:.1f} | {r['peak_rss_gib']:.2f} |")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "peak_flops": peak, "tokens_per_step": TOKENS_PER_STEP, "steps": steps,
-                       "platform": jax.devices()[0].platform, "cpu_count": os.cpu_count()}, f, indent=2)
+                       "long_context": long_rows, "platform": jax.devices()[0].platform,
+                       "cpu_count": os.cpu_count()}, f, indent=2)
 
 
 if __name__ == "__main__":

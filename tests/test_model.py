@@ -222,3 +222,29 @@ def test_frequencies_are_computed_once_per_forward_not_per_layer(spec):
         return str(jaxpr).count(" cos ")
 
     assert cos_ops(1) == cos_ops(3) >= 1
+
+
+def test_chunked_token_losses_equal_the_full_cross_entropy_and_its_gradients():
+    import optax
+
+    from yarn_jax import rope
+
+    config = model_lib.ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                                   num_kv_heads=2, rope=rope.RopeSpec("default", 8))
+    graphdef, state = nnx.split(model_lib.Decoder(config, rngs=nnx.Rngs(0)))
+    ids = jax.random.randint(jax.random.key(1), (2, 24), 0, 61)
+    targets = jnp.roll(ids, -1, axis=1)
+
+    def reference(s):
+        return optax.softmax_cross_entropy_with_integer_labels(nnx.merge(graphdef, s)(ids), targets).mean()
+
+    def chunked(s, chunk):
+        model = nnx.merge(graphdef, s)
+        return model_lib.token_losses(model, model.hidden_states(ids), targets, chunk).mean()
+
+    want, want_grads = jax.value_and_grad(reference)(state)
+    for chunk in (0, 5, 8, 24, 100):  # 5: 24 is padded to 25
+        got, grads = jax.jit(jax.value_and_grad(chunked), static_argnums=1)(state, chunk)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+            np.testing.assert_allclose(g, w, atol=1e-7)

@@ -132,6 +132,7 @@ def _cli(*args, timeout=600):
     (["--config.steps=many"], "steps"),
     (["--config.rope=yarn:factor=0.5,original_max_position_embeddings=8"], "RopeSpec.factor"),
     (["--config.mesh.pipeline=2"], "pipeline"),
+    (["--config.loss_chunk=-1"], "config.loss_chunk: must be an integer >= 0"),
 ])
 def test_bad_config_values_fail_before_anything_runs(tmp_path, args, message):
     done = _cli("--config", "configs/tiny_stdlib.py:runlocal", "--workdir", str(tmp_path / "w"), *args)

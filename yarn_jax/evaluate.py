@@ -159,6 +159,9 @@ def _window_batch(split, windows: list[Window], doc_ids: list[int], length: int)
     return inputs, targets, scored, true_len
 
 
+LOSS_CHUNK = 2048  # positions per row whose logits exist at once (a 32k-token row at a 32k vocabulary: 4 GiB)
+
+
 @functools.lru_cache(maxsize=32)
 def _token_losses_fn(graphdef):
     """Per-token losses of a window batch; each row rotates at its own true length (dynamic methods
@@ -168,12 +171,13 @@ def _token_losses_fn(graphdef):
     def losses(state, inputs, targets, true_len):
         model = nnx.merge(graphdef, state)
 
+        def rows(ids, tg, rope_seq_len=None):
+            hidden = model.hidden_states(ids, rope_seq_len=rope_seq_len)
+            return model_lib.token_losses(model, hidden, tg, LOSS_CHUNK)
+
         if model.config.rope.is_length_dependent:
-            logits = jax.vmap(lambda ids, n: model(ids[None], rope_seq_len=n)[0])(inputs, true_len)
-        else:  # the frequencies do not depend on the length: one batched forward
-            logits = model(inputs)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+            return jax.vmap(lambda ids, tg, n: rows(ids[None], tg[None], n)[0])(inputs, targets, true_len)
+        return rows(inputs, targets)  # the frequencies do not depend on the length: one batched forward
 
     return losses
 

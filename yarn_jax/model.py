@@ -282,6 +282,12 @@ class Decoder(nnx.Module):
         segment_ids: document ids (attention never crosses documents); rope_seq_len: the current
         length l' for length-dependent rope methods (default: max(positions) + 1, as transformers).
         """
+        hidden = self.hidden_states(input_ids, positions, segment_ids, rope_seq_len)
+        return sharding.constrain(self._logits(hidden), ("batch", "length", "vocab"))
+
+    def hidden_states(self, input_ids, positions=None, segment_ids=None, rope_seq_len=None):
+        """The last layer's output [B, T, hidden] (before the final norm); arguments as ``__call__``.
+        With ``token_losses`` it gives the loss without materialising all logits at once."""
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
@@ -293,7 +299,7 @@ class Decoder(nnx.Module):
         x = sharding.constrain(self._embed(input_ids), ("batch", "length", "embed"))
         for layer in self.layers:
             x = sharding.constrain(forward(layer, x, rotary, segment_ids), ("batch", "length", "embed"))
-        return sharding.constrain(self._logits(x), ("batch", "length", "vocab"))
+        return x
 
     def decode(self, input_ids, cache: dict):
         """Cached decoding of t new tokens [B, t] after ``cache["index"]`` tokens. Returns float32
@@ -338,6 +344,36 @@ class Decoder(nnx.Module):
             new_v.append(v)
         cache = dict(cache, k=jnp.stack(new_k), v=jnp.stack(new_v), index=index + t)
         return self._logits(x), cache
+
+
+def token_losses(model: Decoder, hidden, targets, chunk: int = 0):
+    """Per-token cross-entropy float32 [B, T] of the next tokens ``targets`` [B, T] given
+    ``hidden = model.hidden_states(...)``.
+
+    With ``0 < chunk < T`` the logits exist only ``chunk`` positions per row at a time, and are
+    recomputed in the backward pass: a [B, T, vocab] float32 array is 4 GiB per 32k-token row at a
+    32k vocabulary, more than the rest of a small model's step. The n = ceil(T / chunk) chunks are
+    strided (chunk j holds positions j, j + n, j + 2n, ...), so a sequence sharded over the context
+    axis stays evenly split in every chunk; T is padded up to n * chunk when needed.
+    """
+
+    def losses_of(h, t):
+        logits = model._logits(h)
+        picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+        return jax.nn.logsumexp(logits, axis=-1) - picked
+
+    B, T, _ = hidden.shape
+    if not chunk or chunk >= T:
+        return losses_of(hidden, targets)
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    hs = jnp.moveaxis(hidden.reshape(B, chunk, n, -1), 2, 0)  # [n, B, chunk, hidden]
+    ts = jnp.moveaxis(targets.reshape(B, chunk, n), 2, 0)
+    _, out = jax.lax.scan(jax.checkpoint(lambda _, xs: (None, losses_of(*xs))), None, (hs, ts))
+    return jnp.moveaxis(out, 0, 2).reshape(B, n * chunk)[:, :T]
 
 
 def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> dict:

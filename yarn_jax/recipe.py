@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seq_len = 4096
     c.batch_size = 8  # global, in sequences
     c.grad_accum = 1  # micro-batches per optimizer step (batch_size must divide by it)
+    # Positions per row whose [batch, positions, vocab] logits exist at once in the loss (recomputed
+    # in the backward pass; model.token_losses); 0: the whole sequence. Same loss, less memory.
+    c.loss_chunk = 0
     c.steps = 100  # total optimizer steps
 
     c.model = ml_collections.ConfigDict(dict(
@@ -65,6 +68,7 @@ def llama2_7b_extension(rope: str, seq_len: int, steps: int) -> ml_collections.C
     c.data.update(source="stdlib", tokenizer="", packing="concat")  # PG19 where you have it: tfds:pg19
     c.optimizer.update(lr=2e-5, warmup_steps=20, schedule="constant", weight_decay=0.0, b1=0.9, b2=0.95)
     c.mesh.update(data=1, fsdp=-1, tensor=1, context=1)
+    c.loss_chunk = 2048  # at 32k tokens a row's float32 logits would be 4 GiB (32k vocabulary)
     c.checkpoint.update(every=50, keep=2)
     c.eval.update(every=100, batches=2, lengths="")
     return c
@@ -88,6 +92,7 @@ def runlocal(c: ml_collections.ConfigDict, original: int = 64, factor: float = 8
     else:
         c.rope, c.seq_len = f"{method}:factor={factor:g},original_max_position_embeddings={original}", extended
     c.batch_size, c.grad_accum, c.steps = 4, 1, 20
+    c.loss_chunk = 128 if c.loss_chunk else 0  # the same (chunked) loss path, at this size
     c.data.update(source="stdlib", tokenizer="byte", min_doc_tokens=0)
     c.optimizer.update(lr=1e-3, warmup_steps=5)
     c.mesh.update(data=1, fsdp=-1, tensor=1, context=1)

@@ -67,6 +67,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     need(isinstance(c.batch_size, int) and c.batch_size >= 1, "batch_size", "an integer >= 1", c.batch_size)
     need(isinstance(c.grad_accum, int) and c.grad_accum >= 1 and c.batch_size % c.grad_accum == 0,
          "grad_accum", f"a positive divisor of batch_size ({c.batch_size})", c.grad_accum)
+    need(isinstance(c.loss_chunk, int) and c.loss_chunk >= 0, "loss_chunk", "an integer >= 0 (0: whole sequence)",
+         c.loss_chunk)
     need(c.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"one of {', '.join(SCHEDULES)}", c.optimizer.schedule)
     need(c.optimizer.lr > 0, "optimizer.lr", "> 0", c.optimizer.lr)
     need(c.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", ">= 0", c.optimizer.warmup_steps)
@@ -193,11 +195,12 @@ def optimizer_shardings(tx, params, param_shardings, mesh):
                                             transform_non_params=lambda _: replicated)
 
 
-def loss_sums(model, batch, document_masking: bool):
-    """Summed token cross-entropy and the number of scored tokens (so micro-batches add up exactly)."""
-    logits = model(batch["input_ids"], positions=batch["positions"],
-                   segment_ids=batch["segment_ids"] if document_masking else None)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+def loss_sums(model, batch, document_masking: bool, loss_chunk: int = 0):
+    """Summed token cross-entropy and the number of scored tokens (so micro-batches add up exactly).
+    ``loss_chunk``: positions per row whose logits exist at once (0: all; see model.token_losses)."""
+    hidden = model.hidden_states(batch["input_ids"], positions=batch["positions"],
+                                 segment_ids=batch["segment_ids"] if document_masking else None)
+    losses = model_lib.token_losses(model, hidden, batch["targets"], loss_chunk)
     mask = batch["loss_mask"].astype(jnp.float32)
     return jnp.sum(losses * mask), jnp.sum(mask)
 
@@ -207,7 +210,7 @@ def make_train_step(graphdef, tx, c):
 
     def micro(params, batch):
         def loss(p):
-            total, count = loss_sums(nnx.merge(graphdef, p), batch, c.data.document_masking)
+            total, count = loss_sums(nnx.merge(graphdef, p), batch, c.data.document_masking, c.loss_chunk)
             return total, count
 
         (total, count), grads = jax.value_and_grad(loss, has_aux=True)(params)
