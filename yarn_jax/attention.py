@@ -126,7 +126,7 @@ def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None
 # ------------------------------------------------------------------------------------------------
 
 
-def chunked_attention(q, k, v, segment_ids=None, sliding_window=None, block_size=512, scale=None):
+def chunked_attention(q, k, v, segment_ids=None, sliding_window=None, block_size=256, scale=None):
     """O(T)-memory causal attention (forward and backward). Equals ``dense_attention``."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     b, t, h, d = q.shape
@@ -157,13 +157,25 @@ def _q_block_range(j, block, window, num_blocks):
     return j, jnp.minimum(num_blocks - 1, (j * block + block - 1 + window - 1) // block)
 
 
-def _take(x, i, block):
-    return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
+def _take(x, i, block, axis=1):
+    return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=axis)
 
 
-def _block_probs(qi, kj, i, j, seg, block, window, scale, lse=None, m=None):
-    """Masked logits of one (query block, kv block) pair; with ``lse`` the normalised probs."""
-    s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
+# Inside the kernel every array is heads-first, so each block product is a plain batched matmul
+# over (batch, kv head) and no block is transposed inside the loops: queries, dO and dQ are
+# [B, K, G, T, D] (the G query heads of each kv head), keys, values, dK and dV [B, K, T, D],
+# log-sum-exp and delta [B, K, G, T].
+
+
+def _q_rows(x, kv_heads):
+    """[B, T, H, D] -> [B, K, G, T, D]."""
+    return _group(x, kv_heads).transpose(0, 2, 3, 1, 4)
+
+
+def _block_probs(qi, kj, i, j, seg, block, window, scale, lse=None):
+    """Masked logits [B, K, G, q, s] of one (query block, kv block) pair; with ``lse`` the
+    normalised probabilities."""
+    s = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
     q_idx = i * block + jnp.arange(block)
     kv_idx = j * block + jnp.arange(block)
     mask = _mask(q_idx, kv_idx, _take(seg, i, block), _take(seg, j, block), window)[:, None, None]
@@ -180,21 +192,22 @@ def _chunked(q, k, v, seg, window, block, scale):
 def _chunked_forward(q, k, v, seg, window, block, scale):
     b, t, h, d = q.shape
     kv_heads = k.shape[2]
-    qg = _group(q, kv_heads)
-    groups = qg.shape[3]
+    groups = h // kv_heads
+    qh = _q_rows(q, kv_heads)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     num_blocks = t // block
 
     def query_block(i):
-        qi = _take(qg, i, block)
+        qi = _take(qh, i, block, axis=3)
 
         def step(j, carry):
             m, l, acc = carry
-            s, mask = _block_probs(qi, _take(k, j, block), i, j, seg, block, window, scale)
+            s, mask = _block_probs(qi, _take(kh, j, block, axis=2), i, j, seg, block, window, scale)
             m_new = jnp.maximum(m, s.max(-1))
             p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
             correction = jnp.exp(m - m_new)
             l = l * correction + p.sum(-1)
-            pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v.dtype), _take(v, j, block),
+            pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), _take(vh, j, block, axis=2),
                             preferred_element_type=jnp.float32)
             return m_new, l, acc * correction[..., None] + pv
 
@@ -204,12 +217,13 @@ def _chunked_forward(q, k, v, seg, window, block, scale):
         lo, hi = _kv_block_range(i, block, window)
         m, l, acc = jax.lax.fori_loop(lo, hi + 1, step, init)
         l = jnp.where(l == 0, 1.0, l)
-        return jnp.moveaxis(acc / l[..., None], 3, 1), m + jnp.log(l)  # [B,q,K,G,D], [B,K,G,q]
+        return acc / l[..., None], m + jnp.log(l)  # [B, K, G, q, D], [B, K, G, q]
 
-    out, lse = jax.lax.map(query_block, jnp.arange(num_blocks))
-    out = jnp.moveaxis(out, 0, 1).reshape(b, t, h, d).astype(q.dtype)
+    out_h, lse = jax.lax.map(query_block, jnp.arange(num_blocks))  # [n, B, K, G, q, ...]
+    out_h = jnp.moveaxis(out_h, 0, 3).reshape(b, kv_heads, groups, t, d)
     lse = jnp.moveaxis(lse, 0, 3).reshape(b, kv_heads, groups, t)
-    return out, (q, k, v, seg, out, lse)
+    out = out_h.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q.dtype)
+    return out, (qh, kh, vh, seg, out_h, lse)
 
 
 def _chunked_fwd(q, k, v, seg, window, block, scale):
@@ -217,53 +231,42 @@ def _chunked_fwd(q, k, v, seg, window, block, scale):
 
 
 def _chunked_bwd(window, block, scale, residuals, dout):
-    q, k, v, seg, out, lse = residuals
-    b, t, h, d = q.shape
-    kv_heads = k.shape[2]
+    qh, kh, vh, seg, out_h, lse = residuals
+    b, kv_heads, groups, t, d = qh.shape
     num_blocks = t // block
-    qg, dog = _group(q, kv_heads), _group(dout, kv_heads)
+    doh = _q_rows(dout, kv_heads)
     # delta_i = rowsum(dO_i * O_i): the softmax-Jacobian correction term of FlashAttention-2.
-    delta = jnp.einsum("btkgd,btkgd->bkgt", dog.astype(jnp.float32), _group(out, kv_heads).astype(jnp.float32))
+    delta = jnp.einsum("bkgtd,bkgtd->bkgt", doh.astype(jnp.float32), out_h.astype(jnp.float32))
 
-    def take_rows(x, i):  # [B, K, G, T] -> the block's rows
-        return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=3)
+    # One pass, kv blocks outer and query blocks inner (FlashAttention-2's order): each block pair's
+    # probabilities and dS are recomputed once and feed dK, dV and dQ together; dQ accumulates in a
+    # full-length buffer carried through the loop (updated in place by XLA).
+    def dkv_block(dq, j):
+        kj, vj = _take(kh, j, block, axis=2), _take(vh, j, block, axis=2)
 
-    def grads(i, j):
-        """Probabilities and dS of block pair (i, j), recomputed from the saved log-sum-exp."""
-        qi, doi = _take(qg, i, block), _take(dog, i, block)
-        p, _ = _block_probs(qi, _take(k, j, block), i, j, seg, block, window, scale, lse=take_rows(lse, i))
-        dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, _take(v, j, block), preferred_element_type=jnp.float32)
-        return qi, doi, p, p * (dp - take_rows(delta, i)[..., None])
-
-    def dq_block(i):
-        def step(j, dq):
-            _, _, _, ds = grads(i, j)
-            return dq + jnp.einsum("bkgqs,bskd->bqkgd", ds.astype(k.dtype), _take(k, j, block),
-                                   preferred_element_type=jnp.float32)
-
-        lo, hi = _kv_block_range(i, block, window)
-        zeros = jnp.zeros((b, block, kv_heads, h // kv_heads, d), jnp.float32)
-        return jax.lax.fori_loop(lo, hi + 1, step, zeros) * scale
-
-    def dkv_block(j):
         def step(i, carry):
-            dk, dv = carry
-            qi, doi, p, ds = grads(i, j)
-            dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
-            dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
-            return dk, dv
+            dk, dv, dq = carry
+            qi, doi = _take(qh, i, block, axis=3), _take(doh, i, block, axis=3)
+            p, _ = _block_probs(qi, kj, i, j, seg, block, window, scale, lse=_take(lse, i, block, axis=3))
+            dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
+            ds = p * (dp - _take(delta, i, block, axis=3)[..., None])
+            dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p.astype(doi.dtype), doi, preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
+            dq_i = jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
+            dq = jax.lax.dynamic_update_slice_in_dim(dq, _take(dq, i, block, axis=3) + dq_i, i * block, axis=3)
+            return dk, dv, dq
 
         lo, hi = _q_block_range(j, block, window, num_blocks)
-        zeros = jnp.zeros((b, block, kv_heads, d), jnp.float32)
-        dk, dv = jax.lax.fori_loop(lo, hi + 1, step, (zeros, zeros))
-        return dk * scale, dv
+        zeros = jnp.zeros((b, kv_heads, block, d), jnp.float32)
+        dk, dv, dq = jax.lax.fori_loop(lo, hi + 1, step, (zeros, zeros, dq))
+        return dq, (dk * scale, dv)
 
-    dq = jax.lax.map(dq_block, jnp.arange(num_blocks))
-    dq = jnp.moveaxis(dq, 0, 1).reshape(b, t, h, d)
-    dk, dv = jax.lax.map(dkv_block, jnp.arange(num_blocks))
-    dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
-    dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    dq = jnp.zeros((b, kv_heads, groups, t, d), jnp.float32)
+    dq, (dk, dv) = jax.lax.scan(dkv_block, dq, jnp.arange(num_blocks))  # dk, dv: [n, B, K, block, D]
+    dq = (dq * scale).transpose(0, 3, 1, 2, 4).reshape(b, t, kv_heads * groups, d)
+    dk = jnp.moveaxis(dk, 0, 2).reshape(b, kv_heads, t, d).transpose(0, 2, 1, 3)
+    dv = jnp.moveaxis(dv, 0, 2).reshape(b, kv_heads, t, d).transpose(0, 2, 1, 3)
+    return dq.astype(qh.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype), None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)

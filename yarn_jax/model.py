@@ -60,7 +60,7 @@ class ModelConfig:
     mlp_bias: bool = False
     sliding_window: int | None = None
     attention: str = "xla"
-    attention_block_size: int = 512
+    attention_block_size: int = 256  # chunked attention; 256 was fastest overall on CPU (bench_attention)
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
         max_position_embeddings=0,  # 0: seq_len
         rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=0.02, architecture="llama",
         # Runtime fields, also applied on top of a loaded checkpoint:
-        attention="auto", attention_block_size=512, dtype="float32", param_dtype="float32", remat="none"))
+        attention="auto", attention_block_size=256, dtype="float32", param_dtype="float32", remat="none"))
 
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", tokenizer="byte",  # tokenizer "" with a transformers init_from: that directory's
