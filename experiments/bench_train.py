@@ -156,14 +156,19 @@ LONG_LENGTHS = (4096, 8192, 16384, 32768)
 def long_context_row(seq_len: int) -> dict:
     """One forward+backward+AdamW step of the 20M model on one sequence of ``seq_len`` tokens
     with chunked attention and a chunked loss; run in its own process so its peak RSS is its own."""
-    import resource
-
     fields = {**model_fields("20M"), "attention": "chunked"}
     run, config, _ = jax_step(fields, seq_len, 1, loss_chunk=2048)
     start = time.perf_counter()
     run()  # one step, compilation included: the point is memory, and 32k steps take minutes here
-    return {"seq_len": seq_len, "first_step_s": time.perf_counter() - start,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    return {"seq_len": seq_len, "first_step_s": time.perf_counter() - start, "peak_rss_gib": peak_rss_gib()}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory. /proc's VmHWM restarts at exec; getrusage's ru_maxrss
+    does not (a child of a large parent would report the parent's peak)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 2 ** 20
 
 
 def long_context_rows() -> list[dict]:
@@ -182,6 +187,17 @@ def long_context_rows() -> list[dict]:
     return rows
 
 
+def print_long_context(long_rows: list[dict]) -> None:
+    print("\nLong context: one training step of the 20M model on one sequence, chunked attention, loss in "
+          "chunks of 2048 positions (each length in its own process)\n")
+    print("| T | first step s (with compilation) | peak RSS GiB |\n|---:|---:|---:|")
+    for r in long_rows:
+        if "error" in r:
+            print(f"| {r['seq_len']} | failed: {r['error']} | |")
+        else:
+            print(f"| {r['seq_len']} | {r['first_step_s']:.1f} | {r['peak_rss_gib']:.2f} |")
+
+
 def main(argv=None) -> None:
     import jax
     import torch
@@ -190,10 +206,19 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="two rows, 2 timed steps (under 3 minutes)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation and row")
     parser.add_argument("--json")
+    parser.add_argument("--long-context-only", action="store_true",
+                        help="only the long-context table (updates that part of --json)")
     parser.add_argument("--long-context-row", type=int, help=argparse.SUPPRESS)  # the child of long_context_rows
     args = parser.parse_args(argv)
     if args.long_context_row:
         print(json.dumps(long_context_row(args.long_context_row)))
+        return
+    if args.long_context_only:
+        print_long_context(long_rows := long_context_rows())
+        if args.json:
+            previous = json.load(open(args.json)) if os.path.exists(args.json) else {}
+            with open(args.json, "w") as f:
+                json.dump({**previous, "long_context": long_rows}, f, indent=2)
         return
     torch.set_num_threads(os.cpu_count())
     steps = 2 if args.quick else args.steps
@@ -222,19 +247,12 @@ def main(argv=None) -> None:
               f"{100 * r['mfu']:.0f}% | {100 * r['torch_mfu']:.0f}% |")
     long_rows = [] if args.quick else long_context_rows()
     if long_rows:
-        print("\nLong context: one training step of the 20M model on one sequence, chunked attention, loss in "
-              "chunks of 2048 positions (each length in its own process)\n")
-        print("| T | first step s (with compilation) | peak RSS GiB |\n|---:|---:|---:|")
-        for r in long_rows:
-            if "error" in r:
-                print(f"| {r['seq_len']} | failed: {r['error']} | |")
-            else:
-                print(f"| {r['seq_len']} | {r['first_step_s']:.1f} | {r['peak_rss_gib']:.2f} |")
+        print_long_context(long_rows)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "peak_flops": peak, "peak_flops_measurements": peaks, "tokens_per_step": TOKENS_PER_STEP, "steps": steps,
-                       "long_context": long_rows, "platform": jax.devices()[0].platform,
+            json.dump({"rows": rows, "peak_flops": peak, "peak_flops_measurements": peaks,
+                       "tokens_per_step": TOKENS_PER_STEP, "steps": steps, "long_context": long_rows, "platform": jax.devices()[0].platform,
                        "cpu_count": os.cpu_count()}, f, indent=2)
 
 
