@@ -78,7 +78,8 @@ def main(argv=None) -> None:
     print(f"\nPerplexity vs length, pretrained at L = {L}; fine-tuned at s*L = {SCALE * L} for {p['finetune_steps']} steps\n")
     print(report.ppl_table(report.by_rope(d["ppl_zero_shot"]) |
                            {k: v for k, v in report.finetuned_rows(d).items() if k.startswith("fine-tuned")}))
-    print("\nThe YaRN paper's claims at this scale\n")
+    print("\nThe YaRN paper's claims at this scale" + (" (quick mode: a 150-step model, too weak for the claims to "
+          "show; the full run's verdicts are in experiments/results/small_scale.md)" if mode == "quick" else "") + "\n")
     for c in d["claims"]:
         print(f"  {c['claim']} {c['verdict']:<15s} {c['numbers']}")
     print(f"\nreport {path}; plots {os.path.join(out, f'small_scale_{mode}_zero_shot.png')}, "
