@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--stride", type=int, default=256)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--attention", default="xla", help="yarn_jax attention kernel")
+    parser.add_argument("--attention", default="auto", help="yarn_jax attention kernel (auto: what users get)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.quick:
