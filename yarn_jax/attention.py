@@ -31,7 +31,7 @@ _AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked o
 
 
 def attention(q, k, v, *, segment_ids=None, sliding_window: int | None = None,
-              implementation: str = "xla", block_size: int = 512, scale: float | None = None):
+              implementation: str = "xla", block_size: int = 256, scale: float | None = None):
     """Causal self-attention over a whole sequence (training, prefill, evaluation)."""
     _check_shapes(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
