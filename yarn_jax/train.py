@@ -43,9 +43,9 @@ from yarn_jax import sharding
 SCHEDULES = ("constant", "linear", "cosine")
 # bf16 dense peak TFLOP/s per device, for MFU when config.peak_tflops_per_device is 0. A TPU v2/v3
 # device is one core (half a chip); Colab's free runtimes are TPU v2-8, v5e and T4/L4 GPUs.
-PEAK_TFLOPS = {"TPU v2": 22.5, "TPU v3": 61.5, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0,
-               "TPU v6e": 918.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
-               "L4": 121.0, "T4": 65.0}
+PEAK_TFLOPS = {"TPU v2": 22.5, "TPU v3": 61.5, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
+               "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0,
+               "H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
 
 
 class TrainingError(RuntimeError):
