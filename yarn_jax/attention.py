@@ -27,11 +27,14 @@ import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "splash", "auto")
 _NEG = -1e30  # finite "minus infinity": keeps exp() and max() NaN-free on fully masked rows
+# chunked attention's default block: across the CPU shapes measured (bench.md, last section) 256 was
+# never far from the best, while 128 and 512 each lost badly at one end.
+DEFAULT_BLOCK_SIZE = 256
 _AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked on CPU
 
 
 def attention(q, k, v, *, segment_ids=None, sliding_window: int | None = None,
-              implementation: str = "xla", block_size: int = 256, scale: float | None = None):
+              implementation: str = "xla", block_size: int = DEFAULT_BLOCK_SIZE, scale: float | None = None):
     """Causal self-attention over a whole sequence (training, prefill, evaluation)."""
     _check_shapes(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -126,7 +129,7 @@ def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None
 # ------------------------------------------------------------------------------------------------
 
 
-def chunked_attention(q, k, v, segment_ids=None, sliding_window=None, block_size=256, scale=None):
+def chunked_attention(q, k, v, segment_ids=None, sliding_window=None, block_size=DEFAULT_BLOCK_SIZE, scale=None):
     """O(T)-memory causal attention (forward and backward). Equals ``dense_attention``."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     b, t, h, d = q.shape

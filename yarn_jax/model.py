@@ -60,7 +60,7 @@ class ModelConfig:
     mlp_bias: bool = False
     sliding_window: int | None = None
     attention: str = "xla"
-    attention_block_size: int = 256  # chunked attention; 256 was fastest overall on CPU (bench_attention)
+    attention_block_size: int = attention_lib.DEFAULT_BLOCK_SIZE
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
@@ -125,7 +125,7 @@ def matmul_2d(x, kernel, **kwargs):
     """x [..., in] @ kernel [in, out] as one 2-D matmul over the flattened leading dims. The same
     math as jnp.dot; flattening first lets XLA's CPU backend compute the weight gradient
     (contracting batch and length together) without materialising a transposed copy of x or of
-    the output gradient (measured: 25% faster backward for an MLP projection, see bench_train)."""
+    the output gradient (measured once, for one MLP projection's backward: 25% faster; bench.md)."""
     y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, **kwargs)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from yarn_jax import attention
+
 # Llama-2-7B (Touvron et al. 2023; its transformers config.json): the model the YaRN paper extends.
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
                  num_kv_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
@@ -31,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
         max_position_embeddings=0,  # 0: seq_len
         rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=0.02, architecture="llama",
         # Runtime fields, also applied on top of a loaded checkpoint:
-        attention="auto", attention_block_size=256, dtype="float32", param_dtype="float32", remat="none"))
+        attention="auto", attention_block_size=attention.DEFAULT_BLOCK_SIZE, dtype="float32", param_dtype="float32",
+        remat="none"))
 
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", tokenizer="byte",  # tokenizer "" with a transformers init_from: that directory's
