@@ -1,4 +1,8 @@
-"""Attention kernels: chunked (and the accelerator kernels' plumbing) against the dense reference."""
+"""Attention kernels: chunked, flash_cpu (and the accelerator kernels' plumbing) against the dense reference."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +10,7 @@ import numpy as np
 import pytest
 
 from yarn_jax import attention as attention_lib
+from yarn_jax import flash_cpu
 
 
 def _inputs(seed, b=2, t=100, h=4, k=2, d=16):
@@ -28,17 +33,73 @@ CASES = [  # (heads, kv_heads, window, packed, block_size): MHA/GQA/MQA, windows
 ]
 
 
+def _assert_equals_dense(implementation, q, k, v, **kwargs):
+    dense = attention_lib.attention(q, k, v, implementation="xla", **kwargs)
+    got = attention_lib.attention(q, k, v, implementation=implementation, **kwargs)
+    np.testing.assert_allclose(got, dense, atol=1e-5, rtol=1e-5)
+    dense_grads = jax.grad(_loss("xla", **kwargs), argnums=(0, 1, 2))(q, k, v)
+    grads = jax.grad(_loss(implementation, **kwargs), argnums=(0, 1, 2))(q, k, v)
+    for name, got, want in zip("qkv", grads, dense_grads):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
+
+
 @pytest.mark.parametrize("heads, kv_heads, window, packed, block_size", CASES)
 def test_chunked_equals_dense_values_and_gradients(heads, kv_heads, window, packed, block_size):
     q, k, v, segments = _inputs(heads * 10 + kv_heads, h=heads, k=kv_heads)
-    kwargs = dict(sliding_window=window, segment_ids=segments if packed else None)
-    dense = attention_lib.attention(q, k, v, implementation="xla", **kwargs)
-    chunked = attention_lib.attention(q, k, v, implementation="chunked", block_size=block_size, **kwargs)
-    np.testing.assert_allclose(chunked, dense, atol=1e-5, rtol=1e-5)
-    dense_grads = jax.grad(_loss("xla", **kwargs), argnums=(0, 1, 2))(q, k, v)
-    chunked_grads = jax.grad(_loss("chunked", block_size=block_size, **kwargs), argnums=(0, 1, 2))(q, k, v)
-    for name, got, want in zip("qkv", chunked_grads, dense_grads):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"d{name}")
+    _assert_equals_dense("chunked", q, k, v, sliding_window=window, segment_ids=segments if packed else None,
+                         block_size=block_size)
+
+
+needs_flash_cpu = pytest.mark.skipif(not flash_cpu.available(), reason=f"flash_cpu: {flash_cpu.unavailable_reason()}")
+
+# The kernel's tiles are 64 tokens: lengths below, at and across tile edges (the last tile partial),
+# head dims 16..128, MHA/GQA/MQA, windows shorter and longer than a tile, packed documents (with
+# whole single-document tiles, which skip the per-element mask), batch > 1.
+FLASH_CASES = [  # (batch, length, heads, kv_heads, head_dim, window, packed)
+    (2, 100, 4, 4, 16, None, False), (2, 100, 4, 2, 32, None, True), (1, 64, 4, 1, 64, None, False),
+    (1, 300, 6, 3, 64, None, True), (1, 300, 4, 2, 64, 70, False), (2, 129, 2, 1, 128, 17, True),
+    (1, 1, 2, 2, 16, None, False), (1, 200, 8, 2, 48, 200, True),
+]
+
+
+@needs_flash_cpu
+@pytest.mark.parametrize("b, t, heads, kv_heads, d, window, packed", FLASH_CASES)
+def test_flash_cpu_equals_dense_values_and_gradients(b, t, heads, kv_heads, d, window, packed):
+    q, k, v, segments = _inputs(t + d, b=b, t=t, h=heads, k=kv_heads, d=d)
+    _assert_equals_dense("flash_cpu", q, k, v, sliding_window=window, segment_ids=segments if packed else None)
+
+
+@needs_flash_cpu
+def test_flash_cpu_takes_16_bit_inputs_and_computes_in_float32():
+    q, k, v, segments = _inputs(7, t=80, d=32)
+    q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    got = attention_lib.attention(q16, k16, v16, segment_ids=segments, implementation="flash_cpu")
+    want = attention_lib.attention(*(x.astype(jnp.float32) for x in (q16, k16, v16)), segment_ids=segments)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, atol=1e-2)
+
+
+def test_flash_cpu_refuses_what_it_cannot_run(monkeypatch):
+    q, k, v, _ = _inputs(8, t=8, d=8)
+    if flash_cpu.available():
+        with pytest.raises(ValueError, match="head dim divisible by 16; got 8"):
+            attention_lib.attention(q, k, v, implementation="flash_cpu")
+        assert attention_lib.resolve_implementation("auto", 128, head_dim=8) == "xla"
+    monkeypatch.setattr(flash_cpu, "_load", lambda: (False, "no C++ compiler found (set $CXX or install g++)"))
+    with pytest.raises(ValueError, match="attention='flash_cpu' is unavailable: no C\\+\\+ compiler"):
+        attention_lib.attention(q, k, v, implementation="flash_cpu")
+    assert attention_lib.resolve_implementation("auto", 8192) == "chunked"
+
+
+def test_flash_cpu_build_is_cached_by_source_and_machine(tmp_path, monkeypatch):
+    compiler = flash_cpu._compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("YARN_JAX_CACHE_DIR", str(tmp_path))
+    first = flash_cpu._build(compiler)
+    stamp = first.stat().st_mtime_ns
+    assert flash_cpu._build(compiler) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
 
 
 def test_packed_documents_do_not_attend_across_each_other():
@@ -87,7 +148,10 @@ def test_accelerator_kernels_refuse_the_cpu_instead_of_falling_back(implementati
         attention_lib.attention(q, k, v, implementation=implementation)
 
 
-def test_auto_falls_back_on_cpu_and_unknown_names_are_refused():
+def test_auto_picks_flash_cpu_else_falls_back_and_unknown_names_are_refused(monkeypatch):
+    if flash_cpu.available():
+        assert attention_lib.resolve_implementation("auto", 128) == "flash_cpu"
+    monkeypatch.setattr(flash_cpu, "available", lambda: False)
     assert attention_lib.resolve_implementation("auto", 128) == "xla"
     assert attention_lib.resolve_implementation("auto", 8192) == "chunked"
     with pytest.raises(ValueError, match="attention: must be one of"):

@@ -57,6 +57,21 @@ def test_sharded_meshes_give_the_same_losses_as_one_device(tmp_path):
         _assert_same_curve(curve, baseline, 1e-5)
 
 
+def test_flash_cpu_attention_under_a_mesh_gives_the_same_losses(tmp_path):
+    """The fused CPU kernel runs per device (shard_map over batch and heads; the sequence gathered
+    under context parallelism) and reproduces the dense single-device curve."""
+    from yarn_jax import flash_cpu
+
+    if not flash_cpu.available():
+        pytest.skip(f"flash_cpu: {flash_cpu.unavailable_reason()}")
+    (baseline,) = _harness(1, (tmp_path / "one", {"mesh": {"data": 1, "fsdp": 1}}))
+    meshes = [{"data": 1, "fsdp": 4, "tensor": 2}, {"data": 4, "fsdp": 1, "context": 2}]
+    runs = [(tmp_path / f"flash{i}", {"mesh": mesh, "model": {"attention": "flash_cpu"}}) for i, mesh in enumerate(meshes)]
+    for mesh, curve in zip(meshes, _harness(8, *runs)):
+        assert len(curve) == 4, mesh
+        _assert_same_curve(curve, baseline, 1e-5)
+
+
 def test_two_processes_train_and_agree_with_one(tmp_path):
     (baseline,) = _harness(2, (tmp_path / "one", {"mesh": {"data": 2, "fsdp": 1}}))
     workdir = tmp_path / "multi"

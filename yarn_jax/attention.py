@@ -8,10 +8,13 @@ cos/sin), so every kernel computes plain softmax(q k^T * scale) v.
 - ``chunked``: pure-JAX blockwise online softmax (FlashAttention-2's algorithm) with a custom
   VJP: only O(T) residuals are kept (output and log-sum-exp), the backward pass recomputes
   blocks, and blocks above the causal diagonal (or outside the sliding window) are never visited.
+- ``flash_cpu``: the same algorithm fused in one C++ kernel per direction for XLA's CPU backend
+  (``flash_cpu.py``; compiled on first use, needs a C++ compiler and a head dim divisible by 16).
 - ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``; GPU only.
 - ``splash``: TPU Pallas splash attention; TPU only (``interpret=True`` runs it anywhere, slowly).
-- ``auto``: cudnn on GPU with 16-bit inputs, splash on TPU, else chunked for long sequences and
-  xla for short ones. Only ``auto`` falls back; an explicit kernel the backend lacks is an error.
+- ``auto``: cudnn on GPU with 16-bit inputs, splash on TPU, flash_cpu on CPU where it is available,
+  else chunked for long sequences and xla for short ones. Only ``auto`` falls back; an explicit
+  kernel the backend lacks is an error.
 
 Masks: causal by token index; ``segment_ids`` [B, T] (packed documents never attend across each
 other); ``sliding_window`` W keeps keys with q_index - kv_index < W (Mistral's convention).
@@ -25,7 +28,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "splash", "auto")
+from yarn_jax import flash_cpu
+from yarn_jax import sharding
+
+IMPLEMENTATIONS = ("xla", "chunked", "flash_cpu", "cudnn", "splash", "auto")
 _NEG = -1e30  # finite "minus infinity": keeps exp() and max() NaN-free on fully masked rows
 # chunked attention's default block: across the CPU shapes measured (bench.md, last section) 256 was
 # never far from the best, while 128 and 512 each lost badly at one end.
@@ -38,18 +44,20 @@ def attention(q, k, v, *, segment_ids=None, sliding_window: int | None = None,
     """Causal self-attention over a whole sequence (training, prefill, evaluation)."""
     _check_shapes(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    implementation = resolve_implementation(implementation, q.shape[1], q.dtype)
+    implementation = resolve_implementation(implementation, q.shape[1], q.dtype, q.shape[-1])
     if implementation == "xla":
         idx = jnp.arange(q.shape[1])
         return dense_attention(q, k, v, idx, idx, segment_ids, segment_ids, sliding_window, scale)
     if implementation == "chunked":
         return chunked_attention(q, k, v, segment_ids, sliding_window, block_size, scale)
+    if implementation == "flash_cpu":
+        return _flash_cpu_sharded(q, k, v, segment_ids, sliding_window, scale)
     if implementation == "cudnn":
         return cudnn_attention(q, k, v, segment_ids, sliding_window, scale)
     return splash_attention(q, k, v, segment_ids, sliding_window, scale)
 
 
-def resolve_implementation(implementation: str, seq_len: int, dtype=jnp.float32) -> str:
+def resolve_implementation(implementation: str, seq_len: int, dtype=jnp.float32, head_dim: int = 64) -> str:
     """The kernel ``implementation`` names on this backend; raises if the backend lacks it."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention: must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
@@ -59,9 +67,14 @@ def resolve_implementation(implementation: str, seq_len: int, dtype=jnp.float32)
             return "cudnn"
         if backend == "tpu":
             return "splash"
+        if backend == "cpu" and flash_cpu.supports(head_dim) and flash_cpu.available():
+            return "flash_cpu"
         return "chunked" if seq_len >= _AUTO_CHUNKED_FROM else "xla"
     if implementation == "cudnn" and backend != "gpu":
         raise ValueError(f"attention='cudnn' needs a GPU backend; this process runs on {backend!r}. "
+                         "Use 'chunked' (any backend) or 'auto' (falls back).")
+    if implementation == "flash_cpu" and not flash_cpu.available():
+        raise ValueError(f"attention='flash_cpu' is unavailable: {flash_cpu.unavailable_reason()}. "
                          "Use 'chunked' (any backend) or 'auto' (falls back).")
     if implementation == "splash" and backend != "tpu":
         raise ValueError(f"attention='splash' needs a TPU backend; this process runs on {backend!r}. "
@@ -273,6 +286,30 @@ def _chunked_bwd(window, block, scale, residuals, dout):
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+# ------------------------------------------------------------------------------------------------
+# flash_cpu under a device mesh
+# ------------------------------------------------------------------------------------------------
+
+
+def _flash_cpu_sharded(q, k, v, segment_ids, sliding_window, scale):
+    """``flash_cpu.flash_attention``; inside the trainer's mesh, one kernel call per device on its
+    own batch rows and heads (XLA cannot partition a custom call itself). The sequence is gathered:
+    the kernel needs every query's keys."""
+    mesh = sharding.active_mesh()
+    kernel = functools.partial(flash_cpu.flash_attention, sliding_window=sliding_window, scale=scale)
+    if mesh is None:
+        return kernel(q, k, v, segment_ids)
+    if segment_ids is None:
+        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+    batch = sharding.logical_to_spec(("batch",), q.shape[:1], mesh)[0]
+    # Heads split only where both query and kv heads divide evenly, so each device keeps whole groups.
+    heads = sharding.logical_to_spec(("heads",), (math.gcd(q.shape[2], k.shape[2]),), mesh)[0]
+    qkv = jax.sharding.PartitionSpec(batch, None, heads, None)
+    seg = jax.sharding.PartitionSpec(batch, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, seg), out_specs=qkv,
+                         check_vma=False)(q, k, v, segment_ids)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -111,6 +111,11 @@ def activation_sharding(mesh: Mesh):
         _ACTIVE.pop()
 
 
+def active_mesh() -> Mesh | None:
+    """The mesh of the innermost ``activation_sharding`` (None outside it)."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
 def constrain(x, names):
     """with_sharding_constraint by logical names (identity outside ``activation_sharding``)."""
     if not _ACTIVE:

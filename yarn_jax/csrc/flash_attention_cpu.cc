@@ -1,0 +1,383 @@
+// Fused causal attention for XLA's CPU backend (float32), called from JAX through the XLA FFI.
+//
+// Why: XLA:CPU runs the pure-JAX blockwise kernel (attention.py, `chunked`) as separate ops, one
+// per block product, so each [B, H, block, block] score tile leaves cache between ops. Here one
+// (batch, head, query tile) is a unit of work whose tiles (64 x 64 float32, 16 KiB each) stay in
+// L1/L2 from QK^T through softmax to PV -- the same algorithm as `chunked` (FlashAttention-2:
+// online softmax forward, log-sum-exp residual, recomputing backward), fused.
+//
+// Layouts (row-major): q, o, do, dq [B, T, H, D]; k, v, dk, dv [B, T, K, D] (K kv heads divide H);
+// segment_ids [B, T] int32; lse, delta [B, H, T] float32. Masks: causal; same segment; with
+// window W > 0 also q - kv < W. The caller multiplies nothing: `scale` is applied here.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kTile = 64;          // query and key rows per tile
+constexpr float kNeg = -1e30f;     // finite "minus infinity", as attention.py's _NEG
+typedef float v8 __attribute__((vector_size(32)));
+
+inline v8 load8(const float* p) { v8 r; std::memcpy(&r, p, sizeof r); return r; }
+inline void store8(float* p, v8 x) { std::memcpy(p, &x, sizeof x); }
+typedef int32_t v8i __attribute__((vector_size(32)));
+inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
+
+// exp(x) for 8 lanes (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial in r, then
+// 2^n through the exponent bits); relative error ~2 ulp, inputs clamped to [-87.3, 88.7] so
+// exp(-1e30) is a tiny positive number that the callers' masks replace by 0.
+inline v8 exp8(v8 x) {
+  x = x < splat(88.7f) ? x : splat(88.7f);
+  x = x > splat(-87.3f) ? x : splat(-87.3f);
+  const v8 magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to nearest
+  v8 n = (x * splat(1.44269504088896341f) + magic) - magic;
+  v8 r = x - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  v8 p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  v8 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float hmax8(v8 x) {
+  float m = x[0];
+  for (int i = 1; i < 8; ++i) m = std::max(m, x[i]);
+  return m;
+}
+inline float hsum8(v8 x) {
+  return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+}
+
+// Rows i..i+R-1, columns j..j+15 of C (+)= A B: 2R accumulators held in registers over the
+// contraction; each step loads two vectors of B and broadcasts R elements of A.
+template <int R, bool kTransA>
+inline void gemm_block(int i, int j, int kc, const float* a, int lda, const float* b, int ldb, float* c, int ldc,
+                       bool accumulate) {
+  v8 acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = splat(0.0f);
+  const float* bp = b + j;
+  for (int p = 0; p < kc; ++p, bp += ldb) {
+    const v8 b0 = load8(bp), b1 = load8(bp + 8);
+    for (int r = 0; r < R; ++r) {
+      const v8 x = splat(kTransA ? a[p * lda + i + r] : a[(i + r) * lda + p]);
+      acc0[r] += x * b0;
+      acc1[r] += x * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* cp = c + (i + r) * ldc + j;
+    store8(cp, accumulate ? load8(cp) + acc0[r] : acc0[r]);
+    store8(cp + 8, accumulate ? load8(cp + 8) + acc1[r] : acc1[r]);
+  }
+}
+
+// C[m x n] (+)= A[m x kc] * B[kc x n]; rows of B and C at strides ldb, ldc; n % 16 == 0. A is
+// row-major at stride lda, or with kTransA stored transposed ([kc x m] at stride lda), which the
+// backward pass uses for P^T dO and dS^T Q without copying. Blocks of 6 x 16 (12 accumulators of
+// AVX2's 16 registers) ran at 84 GFLOP/s on one core of the development machine for 64^3 tiles,
+// 4 x 16 at 63.
+template <bool kTransA>
+void gemm(int m, int n, int kc, const float* a, int lda, const float* b, int ldb, float* c, int ldc,
+          bool accumulate) {
+  int i = 0;
+  for (; i + 6 <= m; i += 6)
+    for (int j = 0; j < n; j += 16) gemm_block<6, kTransA>(i, j, kc, a, lda, b, ldb, c, ldc, accumulate);
+  for (; i + 4 <= m; i += 4)
+    for (int j = 0; j < n; j += 16) gemm_block<4, kTransA>(i, j, kc, a, lda, b, ldb, c, ldc, accumulate);
+  for (; i < m; ++i)
+    for (int j = 0; j < n; j += 16) gemm_block<1, kTransA>(i, j, kc, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+// dst[cols x rows] = src[rows x cols]^T (src at stride lds); missing rows (rows < kTile) read as 0.
+void transpose(int rows, int cols, const float* src, int lds, float* dst, int ldd, int pad_rows) {
+  for (int r = 0; r < pad_rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[c * ldd + r] = r < rows ? src[r * lds + c] : 0.0f;
+}
+
+// Runs fn(0..n-1) on XLA's intra-op pool plus the calling thread, returning when all are done.
+template <typename Fn>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, Fn fn) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto state = std::make_shared<State>();
+  auto worker = [state, n, &fn]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
+      fn(i);
+      state->done.fetch_add(1);
+    }
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  // Helpers that start after the work is claimed exit at once; fn is only touched before `done`
+  // reaches n, which the caller waits for, so the reference stays valid.
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([worker]() { worker(); });
+  worker();
+  while (state->done.load() < n) std::this_thread::yield();
+}
+
+struct Dims {
+  int64_t b, t, h, kh, d;
+};
+
+inline bool visible(int64_t tq, int64_t tk, int32_t sq, int32_t sk, int64_t window) {
+  return tk <= tq && sq == sk && (window <= 0 || tq - tk < window);
+}
+
+// The kv tiles [lo, hi] a query tile [q0, q0 + kTile) can see.
+inline void kv_tiles(int64_t q0, int64_t qn, int64_t window, int64_t* lo, int64_t* hi) {
+  *hi = (q0 + qn - 1) / kTile;
+  *lo = window > 0 ? std::max<int64_t>(0, q0 - (window - 1)) / kTile : 0;
+}
+
+// Whether every (query, key) of a tile pair is visible: the key tile is whole and entirely before
+// the query tile, inside the window, and all of both tiles is one segment (the common case,
+// which then skips the per-element mask).
+inline bool fully_visible(int64_t q0, int qn, int64_t k0, int kn, const int32_t* seg, int64_t window) {
+  if (kn < kTile || k0 + kn - 1 > q0) return false;
+  if (window > 0 && (q0 + qn - 1) - k0 >= window) return false;
+  const int32_t s0 = seg[k0];
+  for (int64_t t = k0; t < k0 + kn; ++t) if (seg[t] != s0) return false;
+  for (int64_t t = q0; t < q0 + qn; ++t) if (seg[t] != s0) return false;
+  return true;
+}
+
+// S[qn x kTile] of one tile pair, masked to kNeg (queries q0.., keys k0..).
+void masked_scores(const float* qs, int lda, const float* kt, float* s, int64_t q0, int qn, int64_t k0, int kn,
+                   const int32_t* seg, int64_t window, int d) {
+  gemm<false>(qn, kTile, d, qs, lda, kt, kTile, s, kTile, false);
+  if (fully_visible(q0, qn, k0, kn, seg, window)) return;
+  for (int r = 0; r < qn; ++r) {
+    const int64_t tq = q0 + r;
+    for (int c = 0; c < kTile; ++c)
+      if (c >= kn || !visible(tq, k0 + c, seg[tq], seg[k0 + c], window)) s[r * kTile + c] = kNeg;
+  }
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> segment_ids, float scale, int64_t window,
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  const Dims dm{qd[0], qd[1], qd[2], kd[2], qd[3]};
+  if (dm.d % 16 || kd[1] != dm.t || dm.h % dm.kh)
+    return ffi::Error::InvalidArgument("flash_attention_cpu: head dim must be a multiple of 16, "
+                                       "k/v as long as q, kv heads dividing heads");
+  const int64_t tiles = (dm.t + kTile - 1) / kTile;
+  const int d = static_cast<int>(dm.d);
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  const int32_t* sp = segment_ids.typed_data();
+  float* op = out->typed_data();
+  float* lp = lse->typed_data();
+  parallel_for(pool, dm.b * dm.h * tiles, [&](int64_t item) {
+    const int64_t qt = item % tiles, h = (item / tiles) % dm.h, b = item / (tiles * dm.h);
+    const int64_t kvh = h / (dm.h / dm.kh);
+    const int64_t q0 = qt * kTile;
+    const int qn = static_cast<int>(std::min<int64_t>(kTile, dm.t - q0));
+    const int32_t* seg = sp + b * dm.t;
+    std::vector<float> buf(static_cast<size_t>(kTile) * (3 * d + kTile) + 3 * kTile);
+    float* qs = buf.data();             // [kTile, d] scaled queries
+    float* acc = qs + kTile * d;        // [kTile, d] unnormalised output
+    float* kt = acc + kTile * d;        // [d, kTile] keys, transposed
+    float* s = kt + kTile * d;          // [kTile, kTile] scores, then probabilities
+    float* m = s + kTile * kTile;       // running row max
+    float* l = m + kTile;               // running row sum
+    for (int r = 0; r < qn; ++r) {
+      const float* src = qp + ((b * dm.t + q0 + r) * dm.h + h) * d;
+      for (int c = 0; c < d; ++c) qs[r * d + c] = src[c] * scale;
+      m[r] = kNeg;
+      l[r] = 0.0f;
+    }
+    std::fill(acc, acc + kTile * d, 0.0f);
+    int64_t lo, hi;
+    kv_tiles(q0, qn, window, &lo, &hi);
+    const int64_t row = dm.kh * d;  // stride between consecutive positions of one kv head
+    for (int64_t j = lo; j <= hi; ++j) {
+      const int64_t k0 = j * kTile;
+      const int kn = static_cast<int>(std::min<int64_t>(kTile, dm.t - k0));
+      const float* kbase = kp + ((b * dm.t + k0) * dm.kh + kvh) * d;
+      const float* vbase = vp + ((b * dm.t + k0) * dm.kh + kvh) * d;
+      transpose(kn, d, kbase, row, kt, kTile, kTile);
+      masked_scores(qs, d, kt, s, q0, qn, k0, kn, seg, window, d);
+      for (int r = 0; r < qn; ++r) {
+        float* sr = s + r * kTile;
+        v8 vmax = splat(m[r]);
+        for (int c = 0; c < kTile; c += 8) { v8 x = load8(sr + c); vmax = x > vmax ? x : vmax; }
+        const float mx = hmax8(vmax);
+        v8 vsum = splat(0.0f);
+        for (int c = 0; c < kTile; c += 8) {
+          v8 x = load8(sr + c);
+          v8 p = x > splat(0.5f * kNeg) ? exp8(x - splat(mx)) : splat(0.0f);
+          store8(sr + c, p);
+          vsum += p;
+        }
+        const float sum = hsum8(vsum);
+        const float corr = std::exp(m[r] - mx);
+        m[r] = mx;
+        l[r] = l[r] * corr + sum;
+        float* ar = acc + r * d;
+        for (int c = 0; c < d; ++c) ar[c] *= corr;
+      }
+      gemm<false>(qn, d, kn, s, kTile, vbase, static_cast<int>(row), acc, d, true);
+    }
+    for (int r = 0; r < qn; ++r) {
+      const float lr = l[r] == 0.0f ? 1.0f : l[r];
+      float* dst = op + ((b * dm.t + q0 + r) * dm.h + h) * d;
+      for (int c = 0; c < d; ++c) dst[c] = acc[r * d + c] / lr;
+      lp[(b * dm.h + h) * dm.t + q0 + r] = m[r] + std::log(lr);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+
+// The backward pass (FlashAttention-2): per (batch, kv head), kv tiles outer and query tiles
+// inner; each tile pair's probabilities P = exp(S - lse) and dS = P * (dO V^T - delta) are
+// recomputed once and feed dV += P^T dO, dK += dS^T Q and dQ += dS K. A unit of work owns every
+// query head of its kv head, so dK, dV and dQ are written without races.
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> segment_ids, ffi::Buffer<ffi::F32> out,
+                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, float scale, int64_t window,
+                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  const Dims dm{qd[0], qd[1], qd[2], kd[2], qd[3]};
+  if (dm.d % 16 || kd[1] != dm.t || dm.h % dm.kh)
+    return ffi::Error::InvalidArgument("flash_attention_cpu: head dim must be a multiple of 16, "
+                                       "k/v as long as q, kv heads dividing heads");
+  const int64_t tiles = (dm.t + kTile - 1) / kTile, groups = dm.h / dm.kh;
+  const int d = static_cast<int>(dm.d);
+  const int qrow = static_cast<int>(dm.h * d), kvrow = static_cast<int>(dm.kh * d);  // position strides
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const float *op = out.typed_data(), *lp = lse.typed_data(), *gp = dout.typed_data();
+  const int32_t* sp = segment_ids.typed_data();
+  float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
+  parallel_for(pool, dm.b * dm.kh, [&](int64_t item) {
+    const int64_t kvh = item % dm.kh, b = item / dm.kh;
+    const int32_t* seg = sp + b * dm.t;
+    std::vector<float> buf(static_cast<size_t>(kTile) * (4 * d + 4 * kTile) + groups * dm.t);
+    float* kt = buf.data();            // [d, kTile] keys of tile j, transposed
+    float* vt = kt + kTile * d;        // [d, kTile] values of tile j, transposed
+    float* dk_acc = vt + kTile * d;    // [kTile, d]
+    float* dv_acc = dk_acc + kTile * d;
+    float* p = dv_acc + kTile * d;     // [kTile, kTile] probabilities
+    float* ds = p + kTile * kTile;     // [kTile, kTile] dP, then dS
+    float* delta = ds + kTile * kTile + 2 * kTile * kTile;  // [groups, T]: rowsum(dO * O)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t h = kvh * groups + g;
+      for (int64_t t = 0; t < dm.t; ++t) {
+        const float* o_row = op + (b * dm.t + t) * qrow + h * d;
+        const float* g_row = gp + (b * dm.t + t) * qrow + h * d;
+        float acc = 0.0f;
+        for (int c = 0; c < d; ++c) acc += o_row[c] * g_row[c];
+        delta[g * dm.t + t] = acc;
+        std::fill(dqp + (b * dm.t + t) * qrow + h * d, dqp + (b * dm.t + t) * qrow + (h + 1) * d, 0.0f);
+      }
+    }
+    for (int64_t j = 0; j < tiles; ++j) {
+      const int64_t k0 = j * kTile;
+      const int kn = static_cast<int>(std::min<int64_t>(kTile, dm.t - k0));
+      const float* kbase = kp + (b * dm.t + k0) * kvrow + kvh * d;
+      const float* vbase = vp + (b * dm.t + k0) * kvrow + kvh * d;
+      transpose(kn, d, kbase, kvrow, kt, kTile, kTile);
+      transpose(kn, d, vbase, kvrow, vt, kTile, kTile);
+      std::fill(dk_acc, dk_acc + 2 * kTile * d, 0.0f);  // dk_acc and dv_acc
+      // query tiles that can see kv tile j: from j up to the window's end
+      const int64_t last = window > 0 ? std::min<int64_t>(tiles - 1, (k0 + kn - 1 + window - 1) / kTile) : tiles - 1;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t h = kvh * groups + g;
+        for (int64_t i = j; i <= last; ++i) {
+          const int64_t q0 = i * kTile;
+          const int qn = static_cast<int>(std::min<int64_t>(kTile, dm.t - q0));
+          const float* qrows = qp + (b * dm.t + q0) * qrow + h * d;
+          const float* grows = gp + (b * dm.t + q0) * qrow + h * d;
+          float* dqrows = dqp + (b * dm.t + q0) * qrow + h * d;
+          const float* lse_i = lp + (b * dm.h + h) * dm.t + q0;
+          const float* delta_i = delta + g * dm.t + q0;
+          gemm<false>(qn, kTile, d, qrows, qrow, kt, kTile, p, kTile, false);   // S / scale
+          gemm<false>(qn, kTile, d, grows, qrow, vt, kTile, ds, kTile, false);  // dP
+          const bool full = fully_visible(q0, qn, k0, kn, seg, window);
+          for (int r = 0; r < qn; ++r) {
+            float* pr = p + r * kTile;
+            float* dr = ds + r * kTile;
+            const v8 l = splat(lse_i[r]), dl = splat(delta_i[r]);
+            for (int c = 0; c < kTile; c += 8) {
+              v8 pv = exp8(load8(pr + c) * splat(scale) - l);
+              store8(pr + c, pv);
+              store8(dr + c, pv * (load8(dr + c) - dl));
+            }
+            if (!full) {
+              for (int c = 0; c < kTile; ++c)
+                if (c >= kn || !visible(q0 + r, k0 + c, seg[q0 + r], seg[k0 + c], window)) pr[c] = dr[c] = 0.0f;
+            }
+          }
+          gemm<true>(kn, d, qn, p, kTile, grows, qrow, dv_acc, d, true);     // dV += P^T dO
+          gemm<true>(kn, d, qn, ds, kTile, qrows, qrow, dk_acc, d, true);    // dK += dS^T Q
+          gemm<false>(qn, d, kn, ds, kTile, kbase, kvrow, dqrows, qrow, true);  // dQ += dS K
+        }
+      }
+      for (int r = 0; r < kn; ++r) {
+        float* dk_row = dkp + (b * dm.t + k0 + r) * kvrow + kvh * d;
+        float* dv_row = dvp + (b * dm.t + k0 + r) * kvrow + kvh * d;
+        for (int c = 0; c < d; ++c) {
+          dk_row[c] = dk_acc[r * d + c] * scale;
+          dv_row[c] = dv_acc[r * d + c];
+        }
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t h = kvh * groups + g;
+      for (int64_t t = 0; t < dm.t; ++t) {
+        float* row = dqp + (b * dm.t + t) * qrow + h * d;
+        for (int c = 0; c < d; ++c) row[c] *= scale;
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YarnFlashAttentionForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("window")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YarnFlashAttentionBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // q
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // k
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // v
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // segment_ids
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // out
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // lse
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dout
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("window")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dq
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dk
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dv
