@@ -1,4 +1,4 @@
-"""Attention forward+backward: peak memory and time vs sequence length, chunked vs xla vs torch sdpa.
+"""Attention forward+backward: peak memory and time vs sequence length, flash_cpu vs chunked vs xla vs torch sdpa.
 
     python experiments/bench_attention.py [--quick] [--json PATH] [--lengths 2048,4096,...]
 
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="lengths 2048-8192, 1 repeat (under 3 minutes)")
     parser.add_argument("--lengths", default="2048,4096,8192,16384,32768")
-    parser.add_argument("--kernels", default="chunked,xla,torch_sdpa")
+    parser.add_argument("--kernels", default="flash_cpu,chunked,xla,torch_sdpa")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-gib", type=float, default=16.0, help="skip cases XLA plans to need more than this")
     parser.add_argument("--json", help="write the rows here")

@@ -4,11 +4,11 @@ clipping on both sides, measured in the same run, alternating step by step after
 
     python experiments/bench_train.py [--quick] [--json PATH] [--steps 5]
 
-Full mode adds the long-context table: one step of the 20M model at 4k..32k tokens with chunked
-attention and a chunked loss, peak memory per length (--quick skips it).
+Full mode adds the long-context table: one step of the 20M model at 4k..32k tokens with `chunked`
+and with `flash_cpu` attention and a chunked loss, peak memory per length (--quick skips it).
 
 yarn_jax runs the trainer's own step (`train.make_train_step`, jit with donated state, attention
-`auto`); PyTorch runs `model(ids, labels=ids)`, `backward`, `clip_grad_norm_`, `AdamW.step` with
+`auto`: `flash_cpu` on this CPU); PyTorch runs `model(ids, labels=ids)`, `backward`, `clip_grad_norm_`, `AdamW.step` with
 `attn_implementation="sdpa"`. Tokens/s is tokens per optimizer step over the median step time.
 
 FLOPs per token (the trainer's formula, `train.flops_per_token`): 6 * N_matmul (every matmul
@@ -143,7 +143,7 @@ def measure(name: str, seq_len: int, steps: int) -> dict:
     torch_rate = tokens / statistics.median(times["torch"])
     flops = train.flops_per_token(config, seq_len)
     return {"size": name, "params": int(config.num_params), "torch_params": int(torch_params), "seq_len": seq_len,
-            "batch": batch, "attention": attention.resolve_implementation(config.attention, seq_len),
+            "batch": batch, "attention": attention.resolve_implementation(config.attention, seq_len, head_dim=config.head_dim),
             "tokens_per_s": ours_rate, "torch_tokens_per_s": torch_rate, "ratio": ours_rate / torch_rate,
             "flops_per_token": flops,
             "step_s": statistics.median(times["jax"]), "torch_step_s": statistics.median(times["torch"]),
@@ -151,16 +151,18 @@ def measure(name: str, seq_len: int, steps: int) -> dict:
 
 
 LONG_LENGTHS = (4096, 8192, 16384, 32768)
+LONG_KERNELS = ("chunked", "flash_cpu")  # the memory target names chunked; flash_cpu is what auto runs on CPU
 
 
-def long_context_row(seq_len: int) -> dict:
+def long_context_row(seq_len: int, kernel: str) -> dict:
     """One forward+backward+AdamW step of the 20M model on one sequence of ``seq_len`` tokens
-    with chunked attention and a chunked loss; run in its own process so its peak RSS is its own."""
-    fields = {**model_fields("20M"), "attention": "chunked"}
+    with ``kernel`` attention and a chunked loss; run in its own process so its peak RSS is its own."""
+    fields = {**model_fields("20M"), "attention": kernel}
     run, config, _ = jax_step(fields, seq_len, 1, loss_chunk=2048)
     start = time.perf_counter()
     run()  # one step, compilation included: the point is memory, and 32k steps take minutes here
-    return {"seq_len": seq_len, "first_step_s": time.perf_counter() - start, "peak_rss_gib": peak_rss_gib()}
+    return {"seq_len": seq_len, "attention": kernel, "first_step_s": time.perf_counter() - start,
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def peak_rss_gib() -> float:
@@ -176,26 +178,27 @@ def long_context_rows() -> list[dict]:
     import sys
 
     rows = []
-    for seq_len in LONG_LENGTHS:
-        done = subprocess.run([sys.executable, __file__, "--long-context-row", str(seq_len)], capture_output=True,
-                              text=True)
-        if done.returncode:
-            rows.append({"seq_len": seq_len, "error": done.stderr.strip().splitlines()[-1]})
-        else:
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"long context T={seq_len}: {rows[-1]}", flush=True)
+    for kernel in LONG_KERNELS:
+        for seq_len in LONG_LENGTHS:
+            done = subprocess.run([sys.executable, __file__, "--long-context-row", str(seq_len), kernel],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                rows.append({"seq_len": seq_len, "attention": kernel, "error": done.stderr.strip().splitlines()[-1]})
+            else:
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"long context T={seq_len}: {rows[-1]}", flush=True)
     return rows
 
 
 def print_long_context(long_rows: list[dict]) -> None:
-    print("\nLong context: one training step of the 20M model on one sequence, chunked attention, loss in "
-          "chunks of 2048 positions (each length in its own process)\n")
-    print("| T | first step s (with compilation) | peak RSS GiB |\n|---:|---:|---:|")
+    print("\nLong context: one training step of the 20M model on one sequence, loss in chunks of 2048 "
+          "positions (each row in its own process)\n")
+    print("| attention | T | first step s (with compilation) | peak RSS GiB |\n|---|---:|---:|---:|")
     for r in long_rows:
         if "error" in r:
-            print(f"| {r['seq_len']} | failed: {r['error']} | |")
+            print(f"| {r['attention']} | {r['seq_len']} | failed: {r['error']} | |")
         else:
-            print(f"| {r['seq_len']} | {r['first_step_s']:.1f} | {r['peak_rss_gib']:.2f} |")
+            print(f"| {r['attention']} | {r['seq_len']} | {r['first_step_s']:.1f} | {r['peak_rss_gib']:.2f} |")
 
 
 def main(argv=None) -> None:
@@ -208,10 +211,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json")
     parser.add_argument("--long-context-only", action="store_true",
                         help="only the long-context table (updates that part of --json)")
-    parser.add_argument("--long-context-row", type=int, help=argparse.SUPPRESS)  # the child of long_context_rows
+    parser.add_argument("--long-context-row", nargs=2, help=argparse.SUPPRESS)  # the child of long_context_rows
     args = parser.parse_args(argv)
     if args.long_context_row:
-        print(json.dumps(long_context_row(args.long_context_row)))
+        print(json.dumps(long_context_row(int(args.long_context_row[0]), args.long_context_row[1])))
         return
     if args.long_context_only:
         print_long_context(long_rows := long_context_rows())
