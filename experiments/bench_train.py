@@ -1,15 +1,16 @@
 """Training-step throughput and MFU: yarn_jax's train step vs transformers `LlamaForCausalLM` on
 PyTorch, the same Llama-style model, batch, length and dtype (float32), AdamW with gradient
-clipping on both sides, measured in the same run, alternating step by step after warm-up.
+clipping on both sides, measured in the same run: each side in its own processes, alternating
+(jax, torch, jax, torch: --rounds 2), --steps timed steps per process after 2 warm-up steps.
 
-    python experiments/bench_train.py [--quick] [--json PATH] [--steps 5]
+    python experiments/bench_train.py [--quick] [--json PATH] [--steps 3] [--rounds 2]
 
 Full mode adds the long-context table: one step of the 20M model at 4k..32k tokens with `chunked`
 and with `flash_cpu` attention and a chunked loss, peak memory per length (--quick skips it).
 
 yarn_jax runs the trainer's own step (`train.make_train_step`, jit with donated state, attention
-`auto`: `flash_cpu` on this CPU); PyTorch runs `model(ids, labels=ids)`, `backward`, `clip_grad_norm_`, `AdamW.step` with
-`attn_implementation="sdpa"`. Tokens/s is tokens per optimizer step over the median step time.
+`auto`: `flash_cpu` on this CPU); PyTorch runs `model(ids, labels=ids)`, `backward`,
+`clip_grad_norm_`, `AdamW.step` with `attn_implementation="sdpa"`. Tokens/s is tokens per optimizer step over the median step time.
 
 FLOPs per token (the trainer's formula, `train.flops_per_token`): 6 * N_matmul (every matmul
 parameter: attention and MLP projections plus the output projection; the embedding lookup is not a
@@ -95,6 +96,8 @@ def jax_step(fields: dict, seq_len: int, batch: int, rope: str = "default", loss
         state[0], state[1], metrics = step(state[0], state[1], data)
         jax.block_until_ready(metrics)
 
+    # the optimized HLO of this step (profile_train_step.py names its ops from it)
+    run.compiled_text = lambda: step.lower(state[0], state[1], data).compile().as_text()
     return run, config, counted
 
 
@@ -121,33 +124,67 @@ def torch_step(name: str, seq_len: int, batch: int):
     return run, sum(p.numel() for p in model.parameters())
 
 
-def measure(name: str, seq_len: int, steps: int) -> dict:
+def step_times(side: str, name: str, seq_len: int, steps: int) -> dict:
+    """Runs in a child process: ``steps`` timed training steps of one side ("jax" or "torch")
+    after 2 warm-up steps (compilation, allocator, first AdamW moments)."""
     from yarn_jax import attention, train
 
     batch = max(1, TOKENS_PER_STEP // seq_len)
-    ours, config, counted = jax_step(model_fields(name), seq_len, batch)
-    theirs, torch_params = torch_step(name, seq_len, batch)
-    for run in (ours, theirs, ours, theirs):  # warm-up: compilation, allocator, first AdamW moments
+    if side == "jax":
+        run, config, counted = jax_step(model_fields(name), seq_len, batch)
+        about = {"params": int(config.num_params), "flops_per_token": train.flops_per_token(config, seq_len),
+                 "attention": attention.resolve_implementation(config.attention, seq_len, head_dim=config.head_dim)}
+    else:
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        run, params = torch_step(name, seq_len, batch)
+        about = {"params": int(params)}
+    run()
+    run()
+    compiled = counted.traces if side == "jax" else 0
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
         run()
-    compiled = counted.traces
-    times = {"jax": [], "torch": []}
-    for _ in range(steps):  # alternating, so drift (thermal, other load) hits both alike
-        for key, run in (("jax", ours), ("torch", theirs)):
-            start = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - start)
-    if counted.traces != compiled:
+        times.append(time.perf_counter() - start)
+    if side == "jax" and counted.traces != compiled:
         raise SystemExit(f"the train step recompiled during the timed steps ({compiled} -> {counted.traces})")
+    return {"times": times, "compilations": compiled, **about}
+
+
+def _child(args: list[str]) -> dict:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench child {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, seq_len: int, steps: int, rounds: int) -> dict:
+    """Each side in its own process, alternating jax, torch, jax, torch, ... for ``rounds``: VM
+    speed drift hits both sides alike, and neither shares a process (threads, allocator, caches)
+    with the other. In one process, alternating step by step, each side ran up to 20% slower than
+    alone (bench.md), and not equally."""
+    batch = max(1, TOKENS_PER_STEP // seq_len)
+    times = {"jax": [], "torch": []}
+    about = {}
+    for _ in range(rounds):
+        for side in ("jax", "torch"):
+            result = _child([side, name, str(seq_len), str(steps)])
+            times[side] += result.pop("times")
+            about[side] = result
     tokens = batch * seq_len
     ours_rate = tokens / statistics.median(times["jax"])
     torch_rate = tokens / statistics.median(times["torch"])
-    flops = train.flops_per_token(config, seq_len)
-    return {"size": name, "params": int(config.num_params), "torch_params": int(torch_params), "seq_len": seq_len,
-            "batch": batch, "attention": attention.resolve_implementation(config.attention, seq_len, head_dim=config.head_dim),
+    return {"size": name, "params": about["jax"]["params"], "torch_params": about["torch"]["params"], "seq_len": seq_len,
+            "batch": batch, "attention": about["jax"]["attention"],
             "tokens_per_s": ours_rate, "torch_tokens_per_s": torch_rate, "ratio": ours_rate / torch_rate,
-            "flops_per_token": flops,
+            "flops_per_token": about["jax"]["flops_per_token"],
             "step_s": statistics.median(times["jax"]), "torch_step_s": statistics.median(times["torch"]),
-            "compilations": compiled}
+            "step_times": times["jax"], "torch_step_times": times["torch"], "compilations": about["jax"]["compilations"]}
 
 
 LONG_LENGTHS = (4096, 8192, 16384, 32768)
@@ -207,12 +244,18 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two rows, 2 timed steps (under 3 minutes)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation and row")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per side and row, alternating jax/torch")
     parser.add_argument("--json")
     parser.add_argument("--long-context-only", action="store_true",
                         help="only the long-context table (updates that part of --json)")
     parser.add_argument("--long-context-row", nargs=2, help=argparse.SUPPRESS)  # the child of long_context_rows
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # the child of measure: SIDE NAME T STEPS
     args = parser.parse_args(argv)
+    if args.child:
+        side, name, seq_len, steps = args.child
+        print(json.dumps(step_times(side, name, int(seq_len), int(steps))))
+        return
     if args.long_context_row:
         print(json.dumps(long_context_row(int(args.long_context_row[0]), args.long_context_row[1])))
         return
@@ -224,11 +267,11 @@ def main(argv=None) -> None:
                 json.dump({**previous, "long_context": long_rows}, f, indent=2)
         return
     torch.set_num_threads(os.cpu_count())
-    steps = 2 if args.quick else args.steps
+    steps, rounds = (2, 1) if args.quick else (args.steps, args.rounds)
     peaks = [matmul_peak()]
     rows = []
     for name, seq_len in (QUICK if args.quick else FULL):
-        rows.append(measure(name, seq_len, steps))
+        rows.append(measure(name, seq_len, steps, rounds))
         r = rows[-1]
         print(f"{r['size']} T={seq_len}: {r['tokens_per_s']:,.0f} vs {r['torch_tokens_per_s']:,.0f} tok/s "
               f"(x{r['ratio']:.2f})", flush=True)
@@ -238,8 +281,8 @@ def main(argv=None) -> None:
         r["mfu"], r["torch_mfu"] = r["tokens_per_s"] * r["flops_per_token"] / peak, \
             r["torch_tokens_per_s"] * r["flops_per_token"] / peak
     print(f"\nTraining step, float32, {TOKENS_PER_STEP} tokens per step, AdamW + clipping, {jax.devices()[0].platform} "
-          f"({os.cpu_count()} cores); jax {jax.__version__}, torch {torch.__version__}; median of {steps} "
-          f"alternating steps after 2 warm-up steps each")
+          f"({os.cpu_count()} cores); jax {jax.__version__}, torch {torch.__version__}; median of {rounds} x {steps} "
+          f"steps, each side in its own processes (alternating jax, torch, ...), 2 warm-up steps per process")
     print(f"MFU peak: XLA float32 2048^3 matmul, best of 10, measured before and after the rows in this run: "
           f"{' and '.join(f'{p / 1e9:.0f}' for p in peaks)} GFLOP/s\n")
     print("| model | params | T | batch | attention | yarn_jax tok/s | PyTorch tok/s | ratio | yarn_jax MFU | PyTorch MFU |")
@@ -255,7 +298,7 @@ def main(argv=None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "peak_flops": peak, "peak_flops_measurements": peaks,
-                       "tokens_per_step": TOKENS_PER_STEP, "steps": steps, "long_context": long_rows, "platform": jax.devices()[0].platform,
+                       "tokens_per_step": TOKENS_PER_STEP, "steps": steps, "rounds": rounds, "long_context": long_rows, "platform": jax.devices()[0].platform,
                        "cpu_count": os.cpu_count()}, f, indent=2)
 
 
