@@ -6,9 +6,11 @@
 // L1/L2 from QK^T through softmax to PV -- the same algorithm as `chunked` (FlashAttention-2:
 // online softmax forward, log-sum-exp residual, recomputing backward), fused.
 //
-// Layouts (row-major): q, o, do, dq [B, T, H, D]; k, v, dk, dv [B, T, K, D] (K kv heads divide H);
-// segment_ids [B, T] int32; lse, delta [B, H, T] float32. Masks: causal; same segment; with
-// window W > 0 also q - kv < W. The caller multiplies nothing: `scale` is applied here.
+// Layouts (row-major): q, o, do, dq [B, T, H, D]; k, v, dk, dv [B, T, K, D] (K kv heads divide H;
+// query head h reads kv head h / (H / K)); segment_ids [B, T] int32; lse [B, H, T] float32.
+// Masks: causal; same segment; with window W > 0 also q - kv < W. Logits are scale * q.k.
+// Work is split over XLA's intra-op thread pool: forward by (batch, head, query tile), backward
+// by (batch, kv head).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
