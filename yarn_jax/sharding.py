@@ -118,7 +118,7 @@ def active_mesh() -> Mesh | None:
 
 def constrain(x, names):
     """with_sharding_constraint by logical names (identity outside ``activation_sharding``)."""
-    if not _ACTIVE:
+    mesh = active_mesh()
+    if mesh is None:
         return x
-    mesh = _ACTIVE[-1]
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh)))
