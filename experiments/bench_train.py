@@ -57,6 +57,11 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size ** 3 / best
 
 
+def batch_for(seq_len: int) -> int:
+    """Rows per step: TOKENS_PER_STEP tokens whatever the length."""
+    return max(1, TOKENS_PER_STEP // seq_len)
+
+
 def model_fields(name: str, vocab: int = VOCAB) -> dict:
     hidden, layers, heads, intermediate = SIZES[name]
     return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_layers=layers,
@@ -129,7 +134,7 @@ def step_times(side: str, name: str, seq_len: int, steps: int) -> dict:
     after 2 warm-up steps (compilation, allocator, first AdamW moments)."""
     from yarn_jax import attention, train
 
-    batch = max(1, TOKENS_PER_STEP // seq_len)
+    batch = batch_for(seq_len)
     if side == "jax":
         run, config, counted = jax_step(model_fields(name), seq_len, batch)
         about = {"params": int(config.num_params), "flops_per_token": train.flops_per_token(config, seq_len),
@@ -153,13 +158,15 @@ def step_times(side: str, name: str, seq_len: int, steps: int) -> dict:
     return {"times": times, "compilations": compiled, **about}
 
 
-def _child(args: list[str]) -> dict:
+def _run_child(*args: str) -> dict:
+    """This script with ``args`` in a fresh process: its last stdout line as JSON, or
+    {"error": stderr's last line} when it fails."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"bench child {args} failed:\n{done.stderr[-3000:]}")
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -168,12 +175,14 @@ def measure(name: str, seq_len: int, steps: int, rounds: int) -> dict:
     speed drift hits both sides alike, and neither shares a process (threads, allocator, caches)
     with the other. In one process, alternating step by step, each side ran up to 20% slower than
     alone (bench.md), and not equally."""
-    batch = max(1, TOKENS_PER_STEP // seq_len)
+    batch = batch_for(seq_len)
     times = {"jax": [], "torch": []}
     about = {}
     for _ in range(rounds):
         for side in ("jax", "torch"):
-            result = _child([side, name, str(seq_len), str(steps)])
+            result = _run_child("--child", side, name, str(seq_len), str(steps))
+            if "error" in result:
+                raise SystemExit(f"bench child ({side}, {name}, T={seq_len}) failed: {result['error']}")
             times[side] += result.pop("times")
             about[side] = result
     tokens = batch * seq_len
@@ -211,18 +220,11 @@ def peak_rss_gib() -> float:
 
 
 def long_context_rows() -> list[dict]:
-    import subprocess
-    import sys
-
     rows = []
     for kernel in LONG_KERNELS:
         for seq_len in LONG_LENGTHS:
-            done = subprocess.run([sys.executable, __file__, "--long-context-row", str(seq_len), kernel],
-                                  capture_output=True, text=True)
-            if done.returncode:
-                rows.append({"seq_len": seq_len, "attention": kernel, "error": done.stderr.strip().splitlines()[-1]})
-            else:
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append({"seq_len": seq_len, "attention": kernel,
+                         **_run_child("--long-context-row", str(seq_len), kernel)})
             print(f"long context T={seq_len}: {rows[-1]}", flush=True)
     return rows
 
@@ -266,7 +268,6 @@ def main(argv=None) -> None:
             with open(args.json, "w") as f:
                 json.dump({**previous, "long_context": long_rows}, f, indent=2)
         return
-    torch.set_num_threads(os.cpu_count())
     steps, rounds = (2, 1) if args.quick else (args.steps, args.rounds)
     peaks = [matmul_peak()]
     rows = []

@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import jax
 
-    batch = max(1, bench_train.TOKENS_PER_STEP // args.seq_len)
+    batch = bench_train.batch_for(args.seq_len)
     fields = {**bench_train.model_fields(args.size), "attention": args.attention}
     run, config, _ = bench_train.jax_step(fields, args.seq_len, batch)
     run()

@@ -273,14 +273,14 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   parallel_for(pool, dm.b * dm.kh, [&](int64_t item) {
     const int64_t kvh = item % dm.kh, b = item / dm.kh;
     const int32_t* seg = sp + b * dm.t;
-    std::vector<float> buf(static_cast<size_t>(kTile) * (4 * d + 4 * kTile) + groups * dm.t);
+    std::vector<float> buf(static_cast<size_t>(kTile) * (4 * d + 2 * kTile) + groups * dm.t);
     float* kt = buf.data();            // [d, kTile] keys of tile j, transposed
     float* vt = kt + kTile * d;        // [d, kTile] values of tile j, transposed
     float* dk_acc = vt + kTile * d;    // [kTile, d]
     float* dv_acc = dk_acc + kTile * d;
     float* p = dv_acc + kTile * d;     // [kTile, kTile] probabilities
     float* ds = p + kTile * kTile;     // [kTile, kTile] dP, then dS
-    float* delta = ds + kTile * kTile + 2 * kTile * kTile;  // [groups, T]: rowsum(dO * O)
+    float* delta = ds + kTile * kTile;  // [groups, T]: rowsum(dO * O)
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t h = kvh * groups + g;
       for (int64_t t = 0; t < dm.t; ++t) {
