@@ -12,7 +12,7 @@ yarn_jax runs the trainer's own step (`train.make_train_step`, jit with donated 
 `auto`: `flash_cpu` on this CPU); PyTorch runs `model(ids, labels=ids)`, `backward`,
 `clip_grad_norm_`, `AdamW.step` with `attn_implementation="sdpa"`. Tokens/s is tokens per optimizer step over the median step time.
 
-FLOPs per token (the trainer's formula, `train.flops_per_token`): 6 * N_matmul (every matmul
+FLOPs per token (the trainer's formula, `ModelConfig.flops_per_token`): 6 * N_matmul (every matmul
 parameter: attention and MLP projections plus the output projection; the embedding lookup is not a
 matmul) + 6 * layers * T * d_model (causal attention: half of the 12 * layers * T * d_model of
 full QK^T and AV, forward and backward). MFU = achieved FLOP/s / peak, the peak being the best of
@@ -86,23 +86,22 @@ def jax_step(fields: dict, seq_len: int, batch: int, rope: str = "default", loss
     config = train.model_config_from_scratch(c, vocab)
     graphdef, params = nnx.split(model_lib.Decoder(config, rngs=nnx.Rngs(0)))
     tx, _ = train.make_optimizer(c)
-    opt_state = tx.init(params)
-    counted = train.count_traces(train.make_train_step(graphdef, tx, c))
-    step = jax.jit(counted, donate_argnums=(0, 1))
+    counted = train.count_traces(train.make_train_step(graphdef, tx, c, mesh=None))
+    step = jax.jit(counted, donate_argnums=0)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, (batch, seq_len + 1)).astype(np.int32)
     data = {"input_ids": ids[:, :-1], "targets": ids[:, 1:],
             "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
             "segment_ids": np.ones((batch, seq_len), np.int32), "loss_mask": np.ones((batch, seq_len), np.int32)}
     data = jax.device_put(data)
-    state = [params, opt_state]
+    state = [train.TrainState(params, tx.init(params))]
 
     def run():
-        state[0], state[1], metrics = step(state[0], state[1], data)
+        state[0], metrics = step(state[0], data)
         jax.block_until_ready(metrics)
 
     # the optimized HLO of this step (profile_train_step.py names its ops from it)
-    run.compiled_text = lambda: step.lower(state[0], state[1], data).compile().as_text()
+    run.compiled_text = lambda: step.lower(state[0], data).compile().as_text()
     return run, config, counted
 
 
@@ -137,7 +136,7 @@ def step_times(side: str, name: str, seq_len: int, steps: int) -> dict:
     batch = batch_for(seq_len)
     if side == "jax":
         run, config, counted = jax_step(model_fields(name), seq_len, batch)
-        about = {"params": int(config.num_params), "flops_per_token": train.flops_per_token(config, seq_len),
+        about = {"params": int(config.num_params), "flops_per_token": config.flops_per_token(seq_len),
                  "attention": attention.resolve_implementation(config.attention, seq_len, head_dim=config.head_dim)}
     else:
         import torch

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from yarn_jax import data as data_lib
+from yarn_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,8 @@ def test_jsonl_source(tmp_path):
 
 
 @pytest.mark.parametrize("source, message", [
-    ("text:/no/such/dir", "is not a directory"),
-    ("jsonl:/no/such.jsonl", "no file"),
+    ("text:/no/such/dir", "text:DIR needs a directory of text files; '/no/such/dir' does not exist"),
+    ("jsonl:/no/such.jsonl", "jsonl:PATH.*needs a file; '/no/such.jsonl' does not exist"),
     ("webtext", "unknown kind 'webtext'"),
 ])
 def test_bad_sources_are_named(source, message):
@@ -122,9 +123,9 @@ def test_hf_tokenizer_json(tmp_path):
     assert tok.bos_id == model.token_to_id("<s>") and tok.eos_id == model.token_to_id("</s>")
 
 
-@pytest.mark.parametrize("spec, message", [("bpe", "expected byte"), ("sentencepiece:/no/file.model", "no such file")])
+@pytest.mark.parametrize("spec, message", [("bpe", "expected one of byte"), ("sentencepiece:/no/file.model", "no such file")])
 def test_bad_tokenizer_specs_are_named(spec, message):
-    with pytest.raises(data_lib.DataError, match=message):
+    with pytest.raises(UserError, match=message):
         data_lib.load_tokenizer(spec)
 
 

@@ -13,6 +13,7 @@ import hf_oracle
 from yarn_jax import checkpoint, convert, hf
 from yarn_jax import model as model_lib
 from yarn_jax import rope as rope_lib
+from yarn_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +102,15 @@ def _copy_checkpoint(src, dst, edit_config=None, tensors=None):
 
 
 def test_missing_paths_and_files_are_named(tmp_path, hf_dirs):
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(UserError, match="not a directory"):
         hf.from_pretrained(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(UserError, match="no config.json"):
         hf.from_pretrained(str(tmp_path / "empty"))
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text(open(os.path.join(hf_dirs["llama"], "config.json")).read())
     (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+    with pytest.raises(UserError, match="pytorch_model.bin"):
         hf.from_pretrained(str(tmp_path / "bin"))
 
 
@@ -182,7 +183,7 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path, hf_dirs):
 def test_convert_cli_round_trip(tmp_path, hf_dirs, capsys):
     orbax_dir, export_dir = str(tmp_path / "orbax"), str(tmp_path / "hf")
     assert convert.main(["hf-to-orbax", "--hf", hf_dirs["mistral"], "--out", orbax_dir]) == 0
-    model, config = checkpoint.load_model(orbax_dir)
+    model, config, _ = checkpoint.load(orbax_dir)
     original, original_config = hf.from_pretrained(hf_dirs["mistral"])
     assert config == original_config
     np.testing.assert_array_equal(model(jnp.asarray(IDS)), original(jnp.asarray(IDS)))
@@ -198,7 +199,7 @@ def test_convert_cli_round_trip(tmp_path, hf_dirs, capsys):
 
 def test_convert_cli_reports_errors_without_a_traceback(tmp_path, hf_dirs, capsys):
     assert convert.main(["orbax-to-hf", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "not a yarn_jax model directory" in capsys.readouterr().err
+    assert "expected a transformers directory" in capsys.readouterr().err
     orbax_dir = str(tmp_path / "orbax")
     assert convert.main(["hf-to-orbax", "--hf", hf_dirs["llama"], "--out", orbax_dir]) == 0
     assert convert.main(["hf-to-orbax", "--hf", hf_dirs["llama"], "--out", orbax_dir]) == 2

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import hashlib
 import json
 import multiprocessing
 import os
 import sys
 import sysconfig
-import warnings
 from typing import Iterator
 
 import numpy as np
+
+from yarn_jax.errors import UserError
+from yarn_jax.tokenizers import ByteTokenizer, HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer  # noqa: F401
 
 VALIDATION_PERCENT = 5
 SPLITS = ("train", "validation")
@@ -46,7 +47,7 @@ class Document:
     text: str
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data input (missing path, empty corpus, unknown spec); raised before training starts."""
 
 
@@ -55,10 +56,30 @@ class DataError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 
+def _name_hash(name: str) -> int:
+    return int(hashlib.sha1(name.encode("utf-8")).hexdigest(), 16)
+
+
 def validation_split_of(name: str) -> str:
-    """The split of a document from sources without splits: a stable hash of its name."""
-    bucket = int(hashlib.sha1(name.encode("utf-8")).hexdigest(), 16) % 100
-    return "validation" if bucket < VALIDATION_PERCENT else "train"
+    """The split a document's name hashes to (before ``assign_splits``' guarantee)."""
+    return "validation" if _name_hash(name) % 100 < VALIDATION_PERCENT else "train"
+
+
+def assign_splits(names) -> dict[str, str]:
+    """The split of each document of a source without splits: a stable hash of its name puts
+    ``VALIDATION_PERCENT`` % in validation, so the split never depends on file order. With 2+
+    documents neither split is empty: when no name hashes into validation, the one whose hash
+    lies closest to it moves there (and symmetrically for train). A 10-document corpus would
+    otherwise have no validation document 60 % of the time."""
+    names = list(names)
+    key = {name: (_name_hash(name) % 100, _name_hash(name)) for name in names}
+    splits = {name: "validation" if key[name][0] < VALIDATION_PERCENT else "train" for name in names}
+    if len(names) >= 2:
+        if "validation" not in splits.values():
+            splits[min(names, key=key.get)] = "validation"
+        if "train" not in splits.values():
+            splits[max(names, key=key.get)] = "train"
+    return splits
 
 
 @dataclasses.dataclass
@@ -99,7 +120,7 @@ def _files_under(root: str, pattern=None, exclude_dirs=()) -> list[str]:
 
 
 def iter_documents(source: str, split: str | None = None, skipped: SkipCounter | None = None) -> Iterator[Document]:
-    """Documents of a SOURCE string (see the module docstring), optionally one split."""
+    """Documents of a SOURCE string (see the module docstring): one split, or all (``None``)."""
     skipped = skipped if skipped is not None else SkipCounter()
     kind, _, arg = source.partition(":")
     if split is not None and split not in SPLITS:
@@ -111,41 +132,49 @@ def iter_documents(source: str, split: str | None = None, skipped: SkipCounter |
         root = stdlib_dir()
         files = [(os.path.relpath(p, root), p) for p in _files_under(root, ".py", _TEST_DIRS)]
         files = [(n, p) for n, p in files if not os.path.basename(p).startswith("test_")]
+        readers = [(name, lambda p=path: _read_text(p, skipped)) for name, path in files]
     elif kind == "text":
         if not arg or not os.path.isdir(arg):
-            raise DataError(f"data source {source!r}: {arg!r} is not a directory")
+            what = "is empty" if not arg else ("is a file" if os.path.isfile(arg) else "does not exist")
+            raise DataError(f"data source {source!r}: text:DIR needs a directory of text files; {arg!r} {what}")
         files = [(os.path.relpath(p, arg), p) for p in _files_under(arg)]
+        readers = [(name, lambda p=path: _read_text(p, skipped)) for name, path in files]
     elif kind == "jsonl":
-        yield from _jsonl_documents(source, arg, split)
-        return
+        readers = [(doc.name, lambda d=doc: d.text) for doc in _jsonl_documents(source, arg)]
     elif kind == "tokens":
         raise DataError(f"data source {source!r} holds tokens, not text: use load_tokens()")
     else:
         raise DataError(f"data source {source!r}: unknown kind {kind!r}; expected stdlib, text:DIR, "
                         "jsonl:PATH[:FIELD], tfds:NAME[/CONFIG][:SPLIT] or tokens:DIR")
-    for name, path in files:
-        if split is not None and validation_split_of(name) != split:
+    splits = assign_splits(name for name, _ in readers) if split is not None else {}
+    for name, read in readers:
+        if split is not None and splits[name] != split:
             continue
-        text = _read_text(path, skipped)
+        text = read()
         if text:
             yield Document(name, text)
 
 
-def _jsonl_documents(source: str, arg: str, split: str | None) -> Iterator[Document]:
+def _jsonl_documents(source: str, arg: str) -> list[Document]:
     path, _, field = arg.partition(":")
     field = field or "text"
     if not os.path.isfile(path):
-        raise DataError(f"data source {source!r}: no file {path!r}")
-    with open(path, encoding="utf-8") as f:
+        raise DataError(f"data source {source!r}: jsonl:PATH[:FIELD] needs a file; {path!r} "
+                        f"{'is a directory' if os.path.isdir(path) else 'does not exist'}")
+    documents = []
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
-            if field not in record:
-                raise DataError(f"{path}:{line_number}: no field {field!r} (fields: {', '.join(record)})")
-            name = f"{os.path.basename(path)}:{line_number}"
-            if split is None or validation_split_of(name) == split:
-                yield Document(name, str(record[field]))
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: not a JSON object ({error.msg})") from None
+            if not isinstance(record, dict) or field not in record:
+                fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise DataError(f"{path}:{line_number}: no field {field!r} (fields: {fields})")
+            documents.append(Document(f"{os.path.basename(path)}:{line_number}", str(record[field])))
+    return documents
 
 
 def _tfds_documents(arg: str, split: str | None) -> Iterator[Document]:
@@ -166,107 +195,6 @@ def _tfds_documents(arg: str, split: str | None) -> Iterator[Document]:
             raise DataError(f"tfds:{arg}: no text field among {', '.join(record)}")
         text = record[field]
         yield Document(f"{name}/{tfds_split}/{index}", text.decode("utf-8") if isinstance(text, bytes) else text)
-
-
-# ------------------------------------------------------------------------------------------------
-# Tokenizers
-# ------------------------------------------------------------------------------------------------
-
-
-class ByteTokenizer:
-    """UTF-8 bytes 0-255 plus BOS 256, EOS 257, PAD 258. Needs no file."""
-
-    vocab_size = 259
-    bos_id, eos_id, pad_id = 256, 257, 258
-    spec = "byte"
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
-
-
-class SentencePieceTokenizer:
-    def __init__(self, path: str):
-        import sentencepiece
-
-        self.spec = f"sentencepiece:{path}"
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
-        self.vocab_size = self._sp.get_piece_size()
-        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
-        if self.bos_id < 0 or self.eos_id < 0:
-            raise DataError(f"{path}: the sentencepiece model defines no BOS/EOS (train it with bos_id/eos_id)")
-        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
-
-    def encode(self, text: str) -> list[int]:
-        return self._sp.encode(text)
-
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.asarray(self._sp.encode(text), np.int32)
-
-    def decode(self, ids) -> str:
-        return self._sp.decode([int(i) for i in ids])
-
-
-class HFTokenizer:
-    """A transformers ``tokenizer.json`` (the file, or a directory holding it)."""
-
-    _BOS = ("<s>", "<|begin_of_text|>", "<|endoftext|>", "<bos>")
-    _EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
-
-    def __init__(self, path: str):
-        import tokenizers
-
-        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-        self.spec = f"hf:{path}"
-        self._tok = tokenizers.Tokenizer.from_file(file)
-        self.vocab_size = self._tok.get_vocab_size()
-        config = {}
-        config_path = os.path.join(os.path.dirname(file), "tokenizer_config.json")
-        if os.path.exists(config_path):
-            with open(config_path) as f:
-                config = json.load(f)
-        self.bos_id = self._special(config.get("bos_token"), self._BOS)
-        self.eos_id = self._special(config.get("eos_token"), self._EOS)
-        if self.eos_id is None:
-            raise DataError(f"{file}: cannot tell its EOS token (no tokenizer_config.json eos_token, none of {self._EOS})")
-        self.bos_id = self.eos_id if self.bos_id is None else self.bos_id
-        self.pad_id = self._special(config.get("pad_token"), ()) or self.eos_id
-
-    def _special(self, configured, candidates):
-        if isinstance(configured, dict):
-            configured = configured.get("content")
-        for token in ([configured] if configured else []) + list(candidates):
-            token_id = self._tok.token_to_id(token)
-            if token_id is not None:
-                return token_id
-        return None
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.asarray(self.encode(text), np.int32)
-
-    def decode(self, ids) -> str:
-        return self._tok.decode([int(i) for i in ids])
-
-
-def load_tokenizer(spec: str):
-    """``byte``, ``sentencepiece:PATH`` or ``hf:PATH`` -> an object with encode/decode, vocab_size,
-    bos_id, eos_id, pad_id and spec."""
-    kind, _, path = str(spec).partition(":")
-    if kind == "byte" and not path:
-        return ByteTokenizer()
-    if kind in ("sentencepiece", "hf"):
-        if not path or not os.path.exists(path):
-            raise DataError(f"tokenizer {spec!r}: no such file or directory {path!r}")
-        return SentencePieceTokenizer(path) if kind == "sentencepiece" else HFTokenizer(path)
-    raise DataError(f"tokenizer {spec!r}: expected byte, sentencepiece:PATH or hf:PATH")
 
 
 def train_tokenizer(source: str, vocab_size: int, out: str, max_chars: int = 50_000_000) -> str:
@@ -340,21 +268,45 @@ def _encode_document(text: str) -> np.ndarray:
     return _TOKENIZER.encode_array(text)
 
 
-def tokenize_split(source: str, tokenizer, split: str, processes: int | None = None) -> tuple[TokenSplit, SkipCounter]:
-    """Tokenizes one split of a text source (in parallel across cores) into a TokenSplit."""
+def _no_documents(source: str, split: str | None, skipped: SkipCounter) -> DataError:
+    """The error for an empty split, saying how many documents the whole source has."""
+    note = f" ({skipped.count} files skipped as not UTF-8 text)" if skipped.count else ""
+    if split is None:
+        return DataError(f"data source {source!r}: no documents{note}")
+    total = sum(1 for _ in iter_documents(source, None)) if not source.startswith("tfds:") else None
+    if total == 1:
+        return DataError(f"data source {source!r} has 1 document: a split needs at least 2 (one is held out for "
+                         "validation); add documents, or score it with `python -m yarn_jax.evaluate`, which reads "
+                         "every document of a text:/jsonl: source")
+    return DataError(f"data source {source!r}: no documents in split {split!r}"
+                     + (f" (the source has {total} documents)" if total is not None else "") + note)
+
+
+def tokenize_split(source: str, tokenizer, split: str | None, processes: int | None = None,
+                   progress: bool = True) -> tuple[TokenSplit, SkipCounter]:
+    """Tokenizes one split of a text source (``None``: every document), in parallel across cores."""
+    from yarn_jax.progress import Progress
+
     skipped = SkipCounter()
     docs = list(iter_documents(source, split, skipped))
     if not docs:
-        raise DataError(f"data source {source!r}: no documents in split {split!r}"
-                        + (f" ({skipped.count} files skipped as not UTF-8)" if skipped.count else ""))
+        raise _no_documents(source, split, skipped)
     processes = processes or os.cpu_count() or 1
     texts = [d.text for d in docs]
-    if processes > 1 and len(texts) > 64 and not isinstance(tokenizer, ByteTokenizer):
-        context = multiprocessing.get_context("spawn")  # never fork a process that runs JAX threads
-        with context.Pool(processes, _init_worker, (tokenizer.spec,)) as pool:
-            encoded = pool.map(_encode_document, texts, chunksize=16)
-    else:
-        encoded = [tokenizer.encode_array(t) for t in texts]
+    label = f"tokenizing {source}" + (f" ({split})" if split else "")
+    with Progress(sum(len(t) for t in texts), label, "char", disable=not progress) as bar:
+        if processes > 1 and len(texts) > 64 and not isinstance(tokenizer, ByteTokenizer):
+            context = multiprocessing.get_context("spawn")  # never fork a process that runs JAX threads
+            with context.Pool(processes, _init_worker, (tokenizer.spec,)) as pool:
+                encoded = []
+                for text, ids in zip(texts, pool.imap(_encode_document, texts, chunksize=16)):
+                    encoded.append(ids)
+                    bar.update(len(text))
+        else:
+            encoded = []
+            for text in texts:
+                encoded.append(tokenizer.encode_array(text))
+                bar.update(len(text))
     lengths = np.asarray([len(e) + 2 for e in encoded], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
@@ -368,23 +320,39 @@ def tokenize_split(source: str, tokenizer, split: str, processes: int | None = N
 
 
 def prepare(source: str, tokenizer_spec: str, out: str, processes: int | None = None) -> dict:
-    """Tokenizes every split of ``source`` once into ``out`` (see the module docstring)."""
+    """Tokenizes every split of ``source`` once into ``out`` (see the module docstring). Both
+    splits are tokenized before anything is written; the files are assembled beside ``out`` and
+    renamed into place, so a failure never leaves a half-written dataset."""
+    import shutil
+    import tempfile
+
     tokenizer = load_tokenizer(tokenizer_spec)
-    if os.path.exists(os.path.join(out, "meta.json")):
-        raise DataError(f"--out {out!r} already holds a prepared dataset; choose another directory")
-    os.makedirs(out, exist_ok=True)
+    out = os.path.abspath(out)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        what = "already holds a prepared dataset" if os.path.exists(os.path.join(out, "meta.json")) else (
+            "is a file" if not os.path.isdir(out) else "is a directory that is not empty")
+        raise DataError(f"--out {out!r} {what}; choose a new directory")
+    splits = {split: tokenize_split(source, tokenizer, split, processes) for split in SPLITS}
     meta = {"version": 1, "source": source, "tokenizer": tokenizer.spec, "vocab_size": tokenizer.vocab_size,
             "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "splits": {}}
-    for split in SPLITS:
-        data, skipped = tokenize_split(source, tokenizer, split, processes)
-        np.save(os.path.join(out, f"{split}.tokens.npy"), data.tokens)
-        np.save(os.path.join(out, f"{split}.offsets.npy"), data.offsets)
-        with open(os.path.join(out, f"{split}.names.json"), "w") as f:
-            json.dump(data.names, f)
-        meta["splits"][split] = {"documents": data.num_documents, "tokens": int(data.tokens.size),
-                                 "skipped_files": skipped.count}
-    with open(os.path.join(out, "meta.json"), "w") as f:  # last: its presence marks a complete dataset
-        json.dump(meta, f, indent=2)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
+    try:
+        for split, (data, skipped) in splits.items():
+            np.save(os.path.join(staging, f"{split}.tokens.npy"), data.tokens)
+            np.save(os.path.join(staging, f"{split}.offsets.npy"), data.offsets)
+            with open(os.path.join(staging, f"{split}.names.json"), "w") as f:
+                json.dump(data.names, f)
+            meta["splits"][split] = {"documents": data.num_documents, "tokens": int(data.lengths().sum()),
+                                     "skipped_files": skipped.count}
+        with open(os.path.join(staging, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked above)
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return meta
 
 
@@ -395,8 +363,11 @@ def load_tokens(directory: str, split: str) -> TokenSplit:
         raise DataError(f"tokens:{directory}: not a prepared dataset (no meta.json); run `python -m yarn_jax.data prepare`")
     if split not in SPLITS:
         raise DataError(f"split: must be one of {', '.join(SPLITS)}; got {split!r}")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{meta_path}: not valid JSON ({error})") from None
     with open(os.path.join(directory, f"{split}.names.json")) as f:
         names = json.load(f)
     return TokenSplit(np.load(os.path.join(directory, f"{split}.tokens.npy"), mmap_mode="r"),
@@ -409,16 +380,19 @@ def dataset_tokenizer_spec(directory: str) -> str:
         return json.load(f)["tokenizer"]
 
 
-def load_split(source: str, tokenizer, split: str) -> TokenSplit:
+def load_split(source: str, tokenizer, split: str | None, progress: bool = True) -> TokenSplit:
     """Any SOURCE as tokens: a prepared ``tokens:DIR`` is memory-mapped (and must have been made
-    with the same tokenizer); a text source is tokenized in memory."""
+    with the same tokenizer); a text source is tokenized in memory. ``split=None`` is every
+    document of a text/jsonl/stdlib source (a prepared dataset or tfds needs a split)."""
     if source.startswith("tokens:"):
         directory = source[len("tokens:"):]
+        if split is None:
+            raise DataError(f"{source}: a prepared dataset has splits; choose one of {', '.join(SPLITS)}")
         prepared_with = dataset_tokenizer_spec(directory) if os.path.exists(os.path.join(directory, "meta.json")) else None
         if prepared_with is not None and tokenizer is not None and prepared_with != tokenizer.spec:
             raise DataError(f"{source}: prepared with tokenizer {prepared_with!r}, not {tokenizer.spec!r}")
         return load_tokens(directory, split)
-    return tokenize_split(source, tokenizer, split)[0]
+    return tokenize_split(source, tokenizer, split, progress=progress)[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -562,39 +536,47 @@ def stats(data: TokenSplit, thresholds=(1024, 4096, 16384, 65536)) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m yarn_jax.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare", help="tokenize a source once into a tokens:DIR dataset")
-    p.add_argument("--data", required=True)
-    p.add_argument("--tokenizer", default="byte")
-    p.add_argument("--out", required=True)
-    s = commands.add_parser("stats", help="documents, tokens and the long-document histogram")
-    s.add_argument("--data", required=True)
-    s.add_argument("--tokenizer", default="byte")
-    s.add_argument("--split", default="train", choices=SPLITS)
+    p.add_argument("--data", required=True, help="SOURCE")
+    p.add_argument("--tokenizer", default="byte", help="tokenizer SPEC")
+    p.add_argument("--out", required=True, help="a new directory")
+    s = commands.add_parser("stats", help="documents, tokens and the long-document histogram, per split")
+    s.add_argument("--data", required=True, help="SOURCE")
+    s.add_argument("--tokenizer", default="byte", help="tokenizer SPEC (ignored for tokens:DIR)")
+    s.add_argument("--split", choices=SPLITS, help="one split (default: each)")
     t = commands.add_parser("train-tokenizer", help="train a sentencepiece BPE locally")
-    t.add_argument("--data", required=True)
+    t.add_argument("--data", required=True, help="SOURCE")
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--out", required=True, help="PATH.model")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "prepare":
-            meta = prepare(args.data, args.tokenizer, args.out)
-            for split, info in meta["splits"].items():
-                print(f"{split}: {info['documents']:,} documents, {info['tokens']:,} tokens "
-                      f"({info['skipped_files']} files skipped)")
-            print(f"wrote {args.out}  (use --data tokens:{args.out})")
-        elif args.command == "stats":
-            tokenizer = None if args.data.startswith("tokens:") else load_tokenizer(args.tokenizer)
-            print(stats(load_split(args.data, tokenizer, args.split)))
-        else:
-            print(f"wrote {train_tokenizer(args.data, args.vocab_size, args.out)}")
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return parser
+
+
+def _run(args) -> None:
+    if args.command == "prepare":
+        meta = prepare(args.data, args.tokenizer, args.out)
+        for split, info in meta["splits"].items():
+            print(f"{split}: {info['documents']:,} documents, {info['tokens']:,} tokens "
+                  f"({info['skipped_files']} files skipped)")
+        print(f"wrote {args.out}  (use --data tokens:{args.out})")
+    elif args.command == "stats":
+        tokenizer = None if args.data.startswith("tokens:") else load_tokenizer(args.tokenizer)
+        for split in [args.split] if args.split else SPLITS:
+            print(f"{split}: " + stats(load_split(args.data, tokenizer, split)))
+    else:
+        if args.vocab_size < 16:
+            raise DataError(f"--vocab-size {args.vocab_size}: must be an integer >= 16")
+        print(f"wrote {train_tokenizer(args.data, args.vocab_size, args.out)}")
+
+
+def main(argv=None) -> int:
+    from yarn_jax.errors import run_cli
+
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _run(args))
 
 
 if __name__ == "__main__":

@@ -37,64 +37,31 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from yarn_jax import attention as attention_lib
 from yarn_jax import checkpoint as checkpoint_lib
 from yarn_jax import data as data_lib
-from yarn_jax import hf
 from yarn_jax import model as model_lib
 from yarn_jax import rope as rope_lib
+from yarn_jax.errors import UserError, run_cli
+from yarn_jax.progress import Progress
 
 NUM_BUCKETS = 8
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """Bad evaluation input, raised before any model work."""
 
 
-# ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-
-
-def load(checkpoint: str | None = None, hf_dir: str | None = None, **overrides):
-    """(Decoder, ModelConfig, default tokenizer spec or None) from exactly one of: a training
-    workdir or yarn_jax model directory (``checkpoint``), or a transformers directory (``hf_dir``)."""
-    if bool(checkpoint) == bool(hf_dir):
-        raise EvalError("give exactly one of --checkpoint (workdir or model directory) and --hf (transformers directory)")
-    if hf_dir:
-        model, config = hf.from_pretrained(hf_dir, **overrides)
-        return model, config, f"hf:{hf_dir}"
-    if checkpoint_lib.is_workdir(checkpoint):
-        if checkpoint_lib.latest_step(checkpoint) is None:
-            raise EvalError(f"--checkpoint {checkpoint}: the workdir has no checkpoint yet")
-        model, config = checkpoint_lib.load_workdir(checkpoint, **overrides)
-        spec = _workdir_tokenizer(checkpoint)
-        return model, config, spec
-    if checkpoint_lib.is_model_dir(checkpoint):
-        model, config = checkpoint_lib.load_model(checkpoint, **overrides)
-        return model, config, None
-    raise EvalError(f"--checkpoint {checkpoint}: neither a training workdir (model_config.json + checkpoints/) "
-                    "nor a model directory (model_config.json + params/)")
-
-
-def _workdir_tokenizer(workdir: str) -> str | None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        data = json.load(f).get("data", {})
-    return data.get("tokenizer") or None
-
-
 def rope_variants(config: model_lib.ModelConfig, specs: list[str]) -> list[tuple[str, rope_lib.RopeSpec]]:
-    """(label, spec) per --rope; ``none`` keeps the checkpoint's own. Parsed up front so a bad
-    method fails before any work."""
+    """(label, spec) per --rope; ``none`` keeps the checkpoint's own (``model.resolve_rope``).
+    Parsed up front so a bad spec fails before any work."""
     out = []
     for text in specs or ["none"]:
-        if text == "none":
-            out.append(("none", config.rope))
-            continue
+        method = rope_lib.canonical_method(str(text).partition(":")[0])
+        if method not in ("none", "") and method not in rope_lib.REGISTRY:
+            raise EvalError(f"--rope {text!r}: unknown method {method!r}; allowed: none, {', '.join(rope_lib.METHODS)}")
         try:
-            out.append((text, rope_lib.parse(text, rotary_dim=config.rope.rotary_dim, theta=config.rope.theta)))
+            out.append((text, model_lib.resolve_rope(config.rope, text)))
         except ValueError as error:
             raise EvalError(f"--rope {text!r}: {error}") from None
     return out
@@ -132,14 +99,19 @@ def sliding_windows(doc_len: int, length: int, stride: int, truncate: bool, docu
     return windows
 
 
-def select_documents(split: data_lib.TokenSplit, min_tokens: int, samples: int) -> list[int]:
-    """The first ``samples`` documents (in the split's deterministic order) with >= min_tokens."""
+def select_documents(split: data_lib.TokenSplit, min_tokens: int, samples: int = 0, seed: int | None = None) -> list[int]:
+    """Documents with >= min_tokens text tokens: all of them (``samples`` 0), the first ``samples``
+    in the split's deterministic order, or (with ``seed``) ``samples`` drawn at random by it."""
     lengths = split.lengths()
-    chosen = [int(i) for i in np.flatnonzero(lengths >= min_tokens)][:samples]
-    if not chosen:
-        raise EvalError(f"no document has {min_tokens} tokens (the longest has {int(lengths.max())}); "
-                        "lower --lengths or --min-doc-tokens, or use a corpus with longer documents")
-    return chosen
+    eligible = [int(i) for i in np.flatnonzero(lengths >= min_tokens)]
+    if not eligible:
+        raise EvalError(f"no document has {min_tokens} tokens (the longest of {split.num_documents} has "
+                        f"{int(lengths.max())}); lower --lengths or --min-doc-tokens, or use longer documents")
+    if not samples or samples >= len(eligible):
+        return eligible
+    if seed is None:
+        return eligible[:samples]
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(eligible, samples, replace=False))
 
 
 def _window_batch(split, windows: list[Window], doc_ids: list[int], length: int):
@@ -216,7 +188,7 @@ def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: in
             tail_sum += float(losses[r][last].sum())
             tail_count += len(last)
         if progress is not None:
-            progress.update(len(chunk))
+            progress.update(int(scored.sum()))
     mean_loss = total / count if mean == "token" else float(np.mean(window_means))
     return {
         "length": length, "ppl": math.exp(mean_loss), "loss": mean_loss, "tokens": count, "windows": len(windows),
@@ -266,7 +238,7 @@ def _digit_token_ids(tokenizer) -> list[int] | None:
 
 
 def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, depths: list[float] | None = None,
-            new_tokens: int = 10) -> dict:
+            new_tokens: int = 10, progress=None) -> dict:
     """Passkey accuracy at one prompt length: generation and digit-rank scoring."""
     rng = np.random.default_rng(seed + length)
     repeats = _repeats_for(tokenizer, length)
@@ -295,6 +267,8 @@ def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, d
                 hits.append(int(digit_ids[int(np.argmax(scores))] == correct))
             row["digit_accuracy"] = float(np.mean(hits)) if hits else None
         rows.append(row)
+        if progress is not None:
+            progress.update(1)
     result = {"length": length, "trials": trials, "accuracy": float(np.mean([r["correct"] for r in rows])),
               "prompt_tokens": int(np.mean([r["prompt_tokens"] for r in rows])), "trials_detail": rows}
     if digit_ids is not None:
@@ -375,41 +349,69 @@ def _parse_lengths(text: str) -> list[int]:
     try:
         lengths = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise EvalError(f"--lengths {text!r}: comma-separated integers") from None
+        raise EvalError(f"--lengths {text!r}: must be comma-separated integers, e.g. 4096,8192") from None
     if not lengths or lengths[0] < 2:
-        raise EvalError(f"--lengths {text!r}: integers >= 2")
+        raise EvalError(f"--lengths {text!r}: must be integers >= 2")
     return lengths
 
 
-def run(args) -> dict:
+def _check_args(args) -> list[int]:
+    """Every argument a user can get wrong, checked before anything is loaded."""
     lengths = _parse_lengths(args.lengths)
+    for name in ("samples", "trials", "depths", "batch_size", "min_doc_tokens"):
+        value = getattr(args, name)
+        minimum = 1 if name in ("trials", "batch_size") else 0
+        if value < minimum:
+            raise EvalError(f"--{name.replace('_', '-')} {value}: must be an integer >= {minimum}")
     if args.stride is None:
         args.stride = min(256, lengths[0] - 1)
     if args.task == "perplexity" and not args.truncate and not 1 <= args.stride <= lengths[0] - 1:
         raise EvalError(f"--stride {args.stride}: must be between 1 and the shortest length - 1 = {lengths[0] - 1} "
                         "(a window holds BOS plus length - 1 text tokens; a longer stride would skip tokens)")
-    for text in args.rope or []:  # method names are checked before any loading
-        method = rope_lib.canonical_method(text.partition(":")[0])
-        if text != "none" and method not in rope_lib.METHODS:
-            raise EvalError(f"--rope {text!r}: unknown method {method!r}; allowed: none, {', '.join(rope_lib.METHODS)}")
-    overrides = {"attention": args.attention} if args.attention else {}
-    model, config, default_tokenizer = load(args.checkpoint, args.hf, **overrides)
-    variants = rope_variants(config, args.rope)
-    tokenizer = data_lib.load_tokenizer(args.tokenizer or default_tokenizer or "byte")
-    if tokenizer.vocab_size > config.vocab_size:
-        raise EvalError(f"--tokenizer {tokenizer.spec}: vocabulary {tokenizer.vocab_size} exceeds the model's "
-                        f"{config.vocab_size}")
-    results = []
-    from tqdm import tqdm
+    if bool(args.checkpoint) == bool(args.hf):
+        raise EvalError("give exactly one of --checkpoint PATH (a transformers directory, GGUF file, yarn_jax model "
+                        "directory or training workdir) and --hf DIR (the same, kept for transformers directories)")
+    for flag in ("json", "plot"):
+        path = getattr(args, flag)
+        if path and os.path.isdir(path):
+            raise EvalError(f"--{flag} {path!r}: is a directory; give a file path")
+    return lengths
 
+
+def default_split(source: str) -> str | None:
+    """What ``evaluate`` scores without --split: every document of a text/jsonl source (the
+    documents the user points at), the validation split of the others."""
+    return None if source.split(":", 1)[0] in ("text", "jsonl") else "validation"
+
+
+def run(args) -> dict:
+    lengths = _check_args(args)
+    path = args.checkpoint or args.hf
+    kind = checkpoint_lib.path_kind(path)
+    own_config = checkpoint_lib.read_config(path, kind)  # metadata only: specs are checked before any weights
+    variants = rope_variants(own_config, args.rope)
+    tokenizer = data_lib.load_tokenizer(args.tokenizer or checkpoint_lib.default_tokenizer(path, kind))
+    if tokenizer.vocab_size > own_config.vocab_size:
+        raise EvalError(f"--tokenizer {tokenizer.spec}: vocabulary {tokenizer.vocab_size} exceeds the model's "
+                        f"{own_config.vocab_size}")
     if args.task == "perplexity":
-        split = data_lib.load_split(args.data, tokenizer, args.split)
+        split_name = args.split if args.split is not None else default_split(args.data)
+        split = data_lib.load_split(args.data, tokenizer, split_name)
         min_tokens = args.min_doc_tokens or lengths[-1]
-        doc_ids = select_documents(split, min_tokens, args.samples)
+        doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
+        scored = int(split.lengths()[doc_ids].sum())
+        print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
+              f">= {min_tokens} tokens: {scored:,} tokens to score per method and length", flush=True)
+    runtime = {"attention": args.attention} if args.attention else {}
+    model, config, _ = checkpoint_lib.load(path, **runtime)
+    results = []
+    if args.task == "perplexity":
         for label, spec in variants:
             variant = model_lib.with_rope(model, spec)
             for length in lengths:
-                with tqdm(desc=f"{label} @ {length}", unit="window", disable=not sys.stderr.isatty()) as bar:
+                todo = sum(w.scored for d in doc_ids for w in sliding_windows(
+                    int(split.lengths()[d]), length, args.stride, args.truncate))
+                with Progress(todo, f"{label} @ {length}", "tok") as bar:
                     start = time.perf_counter()
                     row = perplexity(variant, split, doc_ids, length, stride=args.stride, truncate=args.truncate,
                                      batch_size=args.batch_size, mean=args.mean, progress=bar)
@@ -417,13 +419,16 @@ def run(args) -> dict:
                 results.append(row)
         metric = "ppl"
         header = (f"sliding-window perplexity ({'truncate: one window per document' if args.truncate else f'stride {args.stride}'}; "
-                  f"{args.mean}-weighted mean; {len(doc_ids)} documents of >= {min_tokens} tokens, split {args.split})")
+                  f"{args.mean}-weighted mean; {len(doc_ids)} documents of >= {min_tokens} tokens, "
+                  f"{'all documents' if split_name is None else 'split ' + split_name})")
     else:
         depths = [float(d) for d in np.linspace(0, 1, args.depths)] if args.depths else None
         for label, spec in variants:
             variant = model_lib.with_rope(model, spec)
             for length in lengths:
-                row = passkey(variant, tokenizer, length, trials=args.trials, seed=args.seed, depths=depths)
+                with Progress(args.trials, f"passkey {label} @ {length}", "trial") as bar:
+                    row = passkey(variant, tokenizer, length, trials=args.trials, seed=args.seed, depths=depths,
+                                  progress=bar)
                 row.update(rope=label, spec=rope_lib.to_string(spec))
                 results.append(row)
         metric = "accuracy"
@@ -437,7 +442,7 @@ def run(args) -> dict:
         for label, _ in variants:
             print(f"\ndepth x length, generation accuracy, rope {label}\n")
             print(depth_grid(results, label))
-    output = {"task": args.task, "model": args.checkpoint or args.hf, "tokenizer": tokenizer.spec,
+    output = {"task": args.task, "model": path, "tokenizer": tokenizer.spec,
               "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "results": results}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -453,24 +458,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m yarn_jax.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("perplexity", "passkey"))
-    parser.add_argument("--checkpoint", help="training workdir or yarn_jax model directory")
-    parser.add_argument("--hf", help="transformers directory")
+    parser.add_argument("--checkpoint", help="a transformers directory, GGUF file, yarn_jax model directory or "
+                                             "training workdir")
+    parser.add_argument("--hf", help="a transformers directory (same as --checkpoint)")
     parser.add_argument("--data", default="stdlib", help="SOURCE (perplexity)")
-    parser.add_argument("--split", default="validation", choices=data_lib.SPLITS)
+    parser.add_argument("--split", choices=data_lib.SPLITS,
+                        help="default: every document of a text:/jsonl: source, else validation")
     parser.add_argument("--tokenizer", help="tokenizer SPEC (default: the checkpoint's)")
     parser.add_argument("--lengths", required=True, help="comma-separated window / prompt lengths")
     parser.add_argument("--rope", action="append", help="rope SPEC to evaluate the weights under (repeatable; "
                                                         "'none' keeps the checkpoint's own)")
     parser.add_argument("--stride", type=int, help="default: 256, or the shortest length - 1 if smaller")
     parser.add_argument("--truncate", action="store_true", help="one window per document, cut to the length")
-    parser.add_argument("--samples", type=int, default=10, help="documents (perplexity)")
+    parser.add_argument("--samples", type=int, default=0, help="documents to score (0: every long-enough one)")
+    parser.add_argument("--sample-seed", type=int, help="draw --samples documents at random by this seed "
+                                                        "(default: the first ones)")
     parser.add_argument("--min-doc-tokens", type=int, default=0, help="default: the largest length")
     parser.add_argument("--mean", choices=("token", "window"), default="token")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--trials", type=int, default=10, help="passkey trials per length")
     parser.add_argument("--depths", type=int, default=0, help="passkey: evenly spaced depths (0: random)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attention", help="attention kernel override (e.g. chunked for long lengths)")
+    parser.add_argument("--attention", choices=[i for i in attention_lib.IMPLEMENTATIONS],
+                        help="attention kernel (default auto)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     return parser
@@ -478,12 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (EvalError, data_lib.DataError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

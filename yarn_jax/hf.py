@@ -4,9 +4,13 @@
     save_pretrained(model, config, "/path/to/out")                 # transformers loads it back
 
 Tensors are read lazily, one at a time, converted to ``param_dtype`` and placed straight onto their
-device sharding (``sharding_fn``), so a 7B model never needs a second full host copy. An export is
-written beside the target and renamed into place only when complete: a failed export never
-replaces a good directory with a half-written one.
+device sharding (by the parameter's logical axes on ``mesh``), so a 7B model never needs a second
+full host copy. ``load_params`` takes any reader with transformers' tensor names (safetensors
+here, GGUF in ``yarn_jax.gguf``). An export is written beside the target and renamed into place
+only when complete: a failed export never replaces a good directory with a half-written one.
+
+Most users want ``checkpoint.load``, which also knows GGUF files, yarn_jax model directories and
+training workdirs.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Callable
-
 import jax
 import numpy as np
 from flax import nnx
 
 from yarn_jax import model as model_lib
 from yarn_jax import rope as rope_lib
+from yarn_jax import sharding
+from yarn_jax.errors import UserError
 
 HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 _CLASS_OF = {arch: cls for cls, arch in HF_ARCHITECTURES.items()}
@@ -42,16 +46,20 @@ def _architecture(hf: dict, where: str) -> str:
             return HF_ARCHITECTURES[cls]
     if hf.get("model_type") in _CLASS_OF:
         return hf["model_type"]
-    raise ValueError(f"{where}: architecture {hf.get('architectures') or hf.get('model_type')!r} is not supported; "
+    raise UserError(f"{where}: architecture {hf.get('architectures') or hf.get('model_type')!r} is not supported; "
                      f"supported: {', '.join(HF_ARCHITECTURES)}")
 
 
 def config_from_hf(hf: dict, where: str = "config.json", **overrides) -> model_lib.ModelConfig:
     """A ModelConfig from a transformers config.json dict; ``overrides`` set ModelConfig fields
-    (attention kernel, dtypes, remat, ...)."""
+    (attention kernel, dtypes, remat, ...). Raises UserError naming ``where`` for what it cannot express."""
     arch = _architecture(hf, where)
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (SwiGLU with silu only)")
+        raise UserError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (SwiGLU with silu only)")
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [name for name in required if not isinstance(hf.get(name), int)]
+    if missing:
+        raise UserError(f"{where}: {', '.join(missing)} missing or not an integer")
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     fields = dict(
@@ -65,19 +73,22 @@ def config_from_hf(hf: dict, where: str = "config.json", **overrides) -> model_l
     )
     try:
         fields["rope"] = rope_lib.from_hf_config(hf)
-    except ValueError as error:
-        raise ValueError(f"{where}: rope settings cannot be expressed: {error}") from None
+    except (ValueError, KeyError) as error:
+        raise UserError(f"{where}: rope settings cannot be expressed: {error}") from None
     if arch == "llama":
         fields.update(qkv_bias=bool(hf.get("attention_bias")), o_bias=bool(hf.get("attention_bias")),
                       mlp_bias=bool(hf.get("mlp_bias")))
     elif arch == "qwen2":
         if hf.get("use_sliding_window"):
-            raise ValueError(f"{where}: Qwen2 use_sliding_window=true (per-layer windows) is not supported")
+            raise UserError(f"{where}: Qwen2 use_sliding_window=true (per-layer windows) is not supported")
         fields.update(qkv_bias=True)
     elif arch == "mistral":
         fields.update(sliding_window=hf.get("sliding_window"))
     fields.update(overrides)
-    return model_lib.ModelConfig(**fields)
+    try:
+        return model_lib.ModelConfig(**fields)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{where}: {error}") from None
 
 
 def _first(value):
@@ -88,10 +99,10 @@ def config_to_hf(config: model_lib.ModelConfig, torch_dtype: str | None = None) 
     """The transformers config.json dict of ``config`` (rope_scaling/rope_parameters included)."""
     arch = config.architecture
     if config.rope.rotary_dim != config.head_dim:
-        raise ValueError(f"rope.rotary_dim {config.rope.rotary_dim} != head_dim {config.head_dim}: transformers' "
+        raise UserError(f"rope.rotary_dim {config.rope.rotary_dim} != head_dim {config.head_dim}: transformers' "
                          f"{_CLASS_OF[arch]} has no partial rotary embedding")
     if config.rope_layout != "half":
-        raise ValueError(f"rope_layout {config.rope_layout!r}: transformers' {_CLASS_OF[arch]} uses 'half'")
+        raise UserError(f"rope_layout {config.rope_layout!r}: transformers' {_CLASS_OF[arch]} uses 'half'")
     hf = {
         "architectures": [_CLASS_OF[arch]], "model_type": arch, "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
@@ -116,8 +127,11 @@ def config_to_hf(config: model_lib.ModelConfig, torch_dtype: str | None = None) 
             unsupported.append("mistral has no biases")
         hf.update(sliding_window=config.sliding_window)
     if unsupported:
-        raise ValueError(f"ModelConfig.architecture={arch!r} cannot express this model: {'; '.join(unsupported)}")
-    hf.update(rope_lib.to_hf_config(config.rope.replace(head_dim=config.head_dim)))
+        raise UserError(f"ModelConfig.architecture={arch!r} cannot express this model: {'; '.join(unsupported)}")
+    try:
+        hf.update(rope_lib.to_hf_config(config.rope.replace(head_dim=config.head_dim)))
+    except ValueError as error:
+        raise UserError(f"rope: {error}") from None
     return hf
 
 
@@ -145,8 +159,10 @@ def hf_name(path: tuple) -> tuple[str, bool]:
 # ------------------------------------------------------------------------------------------------
 
 
-class _SafetensorsReader:
-    """Lazy access to the tensors of a single or sharded (index.json) safetensors checkpoint."""
+class SafetensorsReader:
+    """Lazy access to the tensors of a single or sharded (index.json) safetensors checkpoint.
+    The reader protocol ``load_params`` takes: ``files`` (tensor name -> where it is), ``get(name)``
+    (a numpy array in torch layout) and ``close()``."""
 
     def __init__(self, directory: str):
         from safetensors import safe_open
@@ -154,22 +170,29 @@ class _SafetensorsReader:
         self._open = safe_open
         index_path = os.path.join(directory, "model.safetensors.index.json")
         if os.path.exists(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f)["weight_map"]
+            try:
+                with open(index_path) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise UserError(f"{index_path}: not a safetensors index ({type(error).__name__}: {error})") from None
             self.files = {name: os.path.join(directory, file) for name, file in weight_map.items()}
         else:
             files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
             if not files:
                 others = [f for f in os.listdir(directory) if f.endswith((".bin", ".pt", ".pth"))]
                 hint = f" (found {', '.join(others)}: save it with safe_serialization=True)" if others else ""
-                raise FileNotFoundError(f"{directory}: no *.safetensors weights{hint}")
+                raise UserError(f"{directory}: no *.safetensors weights{hint}")
             self.files = {}
             for file in files:
-                with safe_open(os.path.join(directory, file), framework="numpy") as handle:
-                    self.files.update({name: os.path.join(directory, file) for name in handle.keys()})
+                try:
+                    with safe_open(os.path.join(directory, file), framework="numpy") as handle:
+                        self.files.update({name: os.path.join(directory, file) for name in handle.keys()})
+                except Exception as error:  # safetensors raises its own error types for a corrupt header
+                    raise UserError(f"{os.path.join(directory, file)}: not a readable safetensors file "
+                                    f"({type(error).__name__}: {error})") from None
         for file in set(self.files.values()):
             if not os.path.exists(file):
-                raise FileNotFoundError(f"{index_path}: lists {os.path.basename(file)}, which is missing")
+                raise UserError(f"{index_path}: lists {os.path.basename(file)}, which is missing")
         self._handles = {}
         self._stack = contextlib.ExitStack()
 
@@ -183,36 +206,42 @@ class _SafetensorsReader:
         self._stack.close()
 
 
-ShardingFn = Callable[[tuple, tuple, tuple], "jax.sharding.Sharding | None"]
+def read_config(path: str) -> model_lib.ModelConfig:
+    """The ModelConfig of a local transformers directory (reads config.json only)."""
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: not a directory (expected a local transformers checkpoint)")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        raise UserError(f"{path}: no config.json")
+    try:
+        with open(config_path) as f:
+            hf = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{config_path}: expected a JSON object, got {type(hf).__name__}")
+    return config_from_hf(hf, where=config_path)
 
 
-def from_pretrained(path: str, *, sharding_fn: ShardingFn | None = None, **overrides):
+def from_pretrained(path: str, *, mesh=None, rope=None, **runtime):
     """Loads a local transformers directory (config.json + safetensors) as (Decoder, ModelConfig).
 
-    ``overrides`` set ModelConfig fields (e.g. ``attention="chunked"``, ``param_dtype="bfloat16"``,
-    ``rope="yarn:factor=8,original_max_position_embeddings=4096"``). ``sharding_fn(path,
-    logical_axes, shape)`` returns where each parameter goes (None: the default device).
+    ``rope``: a rope SPEC to run the weights under instead of the checkpoint's own (see
+    ``model.resolve_rope``); ``runtime``: ModelConfig runtime fields (``attention``,
+    ``param_dtype``, ...); ``mesh``: shard the parameters over it by their logical axes.
     """
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a directory (expected a local transformers checkpoint)")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{path}: no config.json")
-    with open(config_path) as f:
-        hf = json.load(f)
-    rope_override = overrides.pop("rope", None)
-    config = config_from_hf(hf, where=config_path, **overrides)
-    if rope_override is not None:
-        config = config.replace(rope=rope_lib.parse(rope_override, rotary_dim=config.head_dim, theta=config.rope.theta))
-    reader = _SafetensorsReader(path)
+    config = model_lib.configure(read_config(path), rope=rope, **runtime)
+    reader = SafetensorsReader(path)
     try:
-        model = _load_params(config, reader, path, sharding_fn)
+        model = load_params(reader, config, path, mesh)
     finally:
         reader.close()
     return model, config
 
 
-def _load_params(config, reader: _SafetensorsReader, where: str, sharding_fn):
+def load_params(reader, config: model_lib.ModelConfig, where: str, mesh=None) -> model_lib.Decoder:
+    """A Decoder of ``config`` holding the tensors of ``reader`` (transformers names), each placed
+    on ``mesh`` by its logical axes (default device without one) as soon as it is read."""
     abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     pure = nnx.to_pure_dict(state)
@@ -220,21 +249,20 @@ def _load_params(config, reader: _SafetensorsReader, where: str, sharding_fn):
     for path, var in nnx.to_flat_state(state):
         name, transpose = hf_name(path)
         if name not in reader.files:
-            raise ValueError(f"{where}: tensor {name} is missing (needed for {'.'.join(map(str, path))})")
+            raise UserError(f"{where}: tensor {name} is missing (needed for {'.'.join(map(str, path))})")
         array = reader.get(name)
         array = array.T if transpose else array
         expected = tuple(var.shape)
         if tuple(array.shape) != expected:
-            raise ValueError(f"{where}: tensor {name} has shape {tuple(array.shape)}; the config implies {expected}")
-        sharding = sharding_fn(path, var.get_metadata().get("logical_axes"), expected) if sharding_fn else None
-        value = jax.device_put(np.asarray(array, dtype=var.dtype), sharding)
+            raise UserError(f"{where}: tensor {name} has shape {tuple(array.shape)}; the config implies {expected}")
+        value = jax.device_put(np.asarray(array, dtype=var.dtype), sharding.variable_sharding(var, mesh))
         _set_in(pure, path, value)
         used.add(name)
     unexpected = [n for n in reader.files if n not in used and not n.endswith(_IGNORED_SUFFIXES)
                   and not (n == "lm_head.weight" and config.tie_word_embeddings)]
     if unexpected:
-        raise ValueError(f"{where}: {len(unexpected)} tensors the {config.architecture} model does not use, "
-                         f"e.g. {', '.join(sorted(unexpected)[:5])}")
+        raise UserError(f"{where}: {len(unexpected)} tensors the {config.architecture} model does not use, "
+                        f"e.g. {', '.join(sorted(unexpected)[:5])}")
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 

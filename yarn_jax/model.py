@@ -31,6 +31,10 @@ DYNAMIC_CACHE_MODES = ("exact", "transformers")
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 
 
+def _runtime(default):
+    return dataclasses.field(default=default, metadata={"runtime": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters of a Llama-family decoder (transformers' names where they exist).
@@ -59,16 +63,18 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None
-    attention: str = "xla"
-    attention_block_size: int = attention_lib.DEFAULT_BLOCK_SIZE
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: str = "none"
-    dynamic_cache: str = "exact"
     initializer_range: float = 0.02
     architecture: str = "llama"
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # Runtime fields: how this process runs the model, not what the model is. They are not saved
+    # with a checkpoint (a loader takes them from its caller), and every loader accepts them.
+    attention: str = _runtime("auto")
+    attention_block_size: int = _runtime(attention_lib.DEFAULT_BLOCK_SIZE)
+    dtype: str = _runtime("float32")
+    param_dtype: str = _runtime("float32")
+    remat: str = _runtime("none")
+    dynamic_cache: str = _runtime("exact")
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -106,14 +112,52 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def architecture_fields(self) -> dict:
+        """What the model is (every field but the runtime ones): what a checkpoint stores."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUNTIME_FIELDS}
+
+    def _layer_matmul_params(self) -> int:
+        e, h, k, d = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        return e * d * (h + 2 * k) + h * d * e + 3 * e * self.intermediate_size
+
     @property
     def num_params(self) -> int:
-        """Parameter count (embedding and output projection counted once each, tied or not)."""
+        """Parameters the model holds (a tied embedding counted once)."""
         e, h, k, d, m = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate_size
-        attn = e * d * (h + 2 * k) + h * d * e + (d * (h + 2 * k) if self.qkv_bias else 0) + (e if self.o_bias else 0)
-        mlp = 3 * e * m + ((2 * m + e) if self.mlp_bias else 0)
+        biases = (d * (h + 2 * k) if self.qkv_bias else 0) + (e if self.o_bias else 0) + ((2 * m + e) if self.mlp_bias else 0)
         embed = self.vocab_size * e * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * (attn + mlp + 2 * e) + e + embed
+        return self.num_layers * (self._layer_matmul_params() + biases + 2 * e) + e + embed
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 * N_matmul, where N_matmul counts every
+        matmul weight (the output projection included, tied or not; the embedding lookup, norms and
+        biases excluded), plus 6 * layers * T * heads * head_dim for causal attention (half of the
+        12 * layers * T * d of full attention)."""
+        matmul = self.num_layers * self._layer_matmul_params() + self.hidden_size * self.vocab_size
+        return 6.0 * matmul + 6.0 * self.num_layers * seq_len * self.num_heads * self.head_dim
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("runtime"))
+
+
+def resolve_rope(own: rope_lib.RopeSpec, spec) -> rope_lib.RopeSpec:
+    """The rope a user's SPEC (string, dict or RopeSpec) means for a model whose own rope is ``own``.
+
+    ``None``, ``""`` and ``"none"`` keep ``own``. Fields the SPEC lacks come from ``own``: its
+    rotary_dim (a partial-rotary model stays partial), theta and head_dim. Every command that
+    takes a rope override (train, evaluate, convert, the loader) goes through here.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+        return own
+    return rope_lib.parse(spec, rotary_dim=own.rotary_dim, theta=own.theta, head_dim=own.head_dim)
+
+
+def configure(config: ModelConfig, *, rope=None, **runtime) -> ModelConfig:
+    """``config`` with a rope override (``resolve_rope``) and runtime fields (``RUNTIME_FIELDS``)."""
+    unknown = sorted(set(runtime) - set(RUNTIME_FIELDS))
+    if unknown:
+        raise ValueError(f"runtime fields: unknown {', '.join(unknown)}; allowed: {', '.join(RUNTIME_FIELDS)}")
+    return config.replace(rope=resolve_rope(config.rope, rope), **runtime)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,7 +169,7 @@ def matmul_2d(x, kernel, **kwargs):
     """x [..., in] @ kernel [in, out] as one 2-D matmul over the flattened leading dims. The same
     math as jnp.dot; flattening first lets XLA's CPU backend compute the weight gradient
     (contracting batch and length together) without materialising a transposed copy of x or of
-    the output gradient (measured once, for one MLP projection's backward: 25% faster; bench.md)."""
+    the output gradient (the measurement is in experiments/results/bench.md)."""
     y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, **kwargs)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
@@ -393,9 +437,8 @@ def with_config(model: Decoder, config: ModelConfig) -> Decoder:
 
 
 def with_rope(model: Decoder, spec) -> Decoder:
-    """The same weights under another rope spec (a RopeSpec, SPEC string or dict)."""
-    c = model.config
-    return with_config(model, c.replace(rope=rope_lib.parse(spec, rotary_dim=c.head_dim, theta=c.rope.theta)))
+    """The same weights under another rope spec (a RopeSpec, SPEC string or dict; see ``resolve_rope``)."""
+    return with_config(model, configure(model.config, rope=spec))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,11 +1,28 @@
-"""The pieces training configs are built from: the base ConfigDict, published model shapes, and
-``runlocal`` (shrink any config to a few-minute CPU run that exercises the same code path)."""
+"""The pieces training configs are built from: the base ConfigDict, published model shapes,
+``runlocal`` (shrink any config to a few-minute CPU run that exercises the same code path), and
+the validation of a config (its fields, its mesh against the devices and the model, its workdir),
+which ``train.setup`` runs before anything expensive."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+
+import jax
 import ml_collections
 
 from yarn_jax import attention
+from yarn_jax import data as data_lib
+from yarn_jax import model as model_lib
+from yarn_jax import rope as rope_lib
+from yarn_jax import sharding
+from yarn_jax.errors import UserError, one_line
+
+SCHEDULES = ("constant", "linear", "cosine")
+# Config fields a resumed run may change; any other difference means another run's workdir.
+RESUMABLE_CHANGES = ("name", "steps", "checkpoint.", "eval.", "log_every", "distributed", "peak_tflops_per_device",
+                     "model.attention", "model.attention_block_size", "model.remat", "model.dtype")
 
 # Llama-2-7B (Touvron et al. 2023; its transformers config.json): the model the YaRN paper extends.
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
@@ -88,13 +105,17 @@ def runlocal(c: ml_collections.ConfigDict, original: int = 64, factor: float = 8
                    param_dtype="float32", remat="none")
     method = rope_lib.canonical_method(str(c.rope).partition(":")[0])
     extended = int(original * factor)
-    if method in ("default", "none"):
+    if method in ("default", "none", ""):
         c.rope, c.seq_len = "default", original
-    elif method in ("linear", "ntk"):
+    elif method in rope_lib.REGISTRY and not rope_lib.REGISTRY[method].needs_original:
         c.rope, c.seq_len = f"{method}:factor={factor:g}", extended
-    else:
+    elif method in rope_lib.REGISTRY:
         c.rope, c.seq_len = f"{method}:factor={factor:g},original_max_position_embeddings={original}", extended
-    c.batch_size, c.grad_accum, c.steps = 4, 1, 20
+    # (an unknown method stays as it is: validation names it)
+    # Four sequences, or the smallest multiple of the device count above that: the default mesh
+    # puts every device on the batch axes (fsdp = -1), so the batch must divide over them.
+    devices = jax.device_count()
+    c.batch_size, c.grad_accum, c.steps = devices * -(-4 // devices), 1, 20
     c.loss_chunk = 128 if c.loss_chunk else 0  # the same (chunked) loss path, at this size
     c.data.update(source="stdlib", tokenizer="byte", min_doc_tokens=0)
     c.optimizer.update(lr=1e-3, warmup_steps=5)
@@ -103,3 +124,109 @@ def runlocal(c: ml_collections.ConfigDict, original: int = 64, factor: float = 8
     c.log_every = 5
     c.eval.update(every=10, batches=2, lengths=str(2 * c.seq_len))
     return c
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation: every problem is named before anything expensive runs (train.setup calls these)
+# ------------------------------------------------------------------------------------------------
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+    """The config's own fields (no devices, no files)."""
+
+    def need(condition, field, allowed, value):
+        if not condition:
+            raise UserError(f"config.{field}: must be {allowed}; got {value!r}")
+
+    need(isinstance(c.seq_len, int) and c.seq_len >= 2, "seq_len", "an integer >= 2", c.seq_len)
+    need(isinstance(c.steps, int) and c.steps >= 1, "steps", "an integer >= 1", c.steps)
+    need(isinstance(c.batch_size, int) and c.batch_size >= 1, "batch_size", "an integer >= 1", c.batch_size)
+    need(isinstance(c.grad_accum, int) and c.grad_accum >= 1 and c.batch_size % c.grad_accum == 0,
+         "grad_accum", f"a positive divisor of batch_size ({c.batch_size})", c.grad_accum)
+    need(isinstance(c.loss_chunk, int) and c.loss_chunk >= 0, "loss_chunk", "an integer >= 0 (0: whole sequence)",
+         c.loss_chunk)
+    need(c.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"one of {', '.join(SCHEDULES)}", c.optimizer.schedule)
+    need(c.optimizer.lr > 0, "optimizer.lr", "> 0", c.optimizer.lr)
+    need(c.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", ">= 0", c.optimizer.warmup_steps)
+    need(c.data.packing in data_lib.PACKING_MODES, "data.packing", f"one of {', '.join(data_lib.PACKING_MODES)}",
+         c.data.packing)
+    need(c.checkpoint.every >= 1, "checkpoint.every", ">= 1", c.checkpoint.every)
+    need(c.checkpoint.keep >= 1, "checkpoint.keep", ">= 1", c.checkpoint.keep)
+    need(c.log_every >= 1, "log_every", ">= 1", c.log_every)
+    try:
+        model_lib.resolve_rope(rope_lib.RopeSpec("default", 64), c.rope)
+    except ValueError as error:
+        raise UserError(f"config.rope: {error}") from None
+    for length in eval_lengths(c):
+        need(length >= 2, "eval.lengths", "comma-separated integers >= 2", c.eval.lengths)
+    mesh = dict(c.mesh)
+    need(set(mesh) <= set(sharding.MESH_AXES), "mesh", f"axes among {', '.join(sharding.MESH_AXES)}", sorted(mesh))
+    need(list(mesh.values()).count(-1) <= 1 and all(v == -1 or v >= 1 for v in mesh.values()), "mesh",
+         "positive sizes with at most one -1", mesh)
+
+
+def eval_lengths(c) -> list[int]:
+    text = str(c.eval.lengths or "").strip()
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"config.eval.lengths: must be comma-separated integers; got {text!r}") from None
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def validate_mesh(c, model_config: model_lib.ModelConfig, num_devices: int) -> dict[str, int]:
+    """The mesh shape for ``num_devices``, after checking that the batch, sequence and heads divide
+    over it; a refusal names the fields and values that work. Needs only the model's config."""
+    shape = sharding.mesh_shape(dict(c.mesh), num_devices)
+    rows = shape["data"] * shape["fsdp"]
+    micro = c.batch_size // c.grad_accum
+    if micro % rows:
+        good = rows * c.grad_accum * max(1, -(-micro // rows))
+        raise UserError(f"config.batch_size: {c.batch_size} sequences ({micro} per micro-batch with grad_accum "
+                        f"{c.grad_accum}) do not split over mesh data x fsdp = {rows} devices; use a multiple of "
+                        f"{rows * c.grad_accum}, e.g. --config.batch_size={good}, or change config.mesh")
+    if c.seq_len % shape["context"]:
+        raise UserError(f"config.seq_len: {c.seq_len} does not split over mesh.context = {shape['context']}; use a "
+                        f"multiple of {shape['context']} or a context size dividing it")
+    tensor = shape["tensor"]
+    heads, kv = model_config.num_heads, model_config.num_kv_heads
+    if heads % tensor or kv % tensor:
+        ok = [d for d in _divisors(math.gcd(heads, kv)) if num_devices % d == 0]
+        raise UserError(f"config.mesh.tensor: {tensor} does not divide the model's {heads} query / {kv} key-value "
+                        f"heads; use one of {', '.join(map(str, ok))}")
+    return shape
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_workdir(c, workdir: str) -> None:
+    """Refuses a workdir that holds another run (a config differing beyond ``RESUMABLE_CHANGES``)."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.isfile(workdir):
+        raise UserError(f"--workdir {workdir!r}: is a file; give a directory")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            before = _flat(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise UserError(f"--workdir {workdir!r}: its config.json is unreadable ({one_line(error)}); use a new "
+                        "--workdir") from None
+    now = _flat(json.loads(c.to_json_best_effort()))
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)
+               and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
+    if changed:
+        shown = "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in changed[:4])
+        raise UserError(f"--workdir {workdir!r} holds another run's config ({shown}); use a new --workdir, or "
+                        "delete that one to start over")

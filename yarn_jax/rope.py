@@ -29,37 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-METHODS = (
-    "default",
-    "linear",
-    "ntk",
-    "dynamic",
-    "ntk_by_parts",
-    "yarn",
-    "dynamic_yarn",
-    "llama3",
-    "longrope",
-)
 LAYOUTS = ("half", "interleaved")
 
-# Methods whose frequencies depend on the current sequence length.
-LENGTH_DEPENDENT = ("dynamic", "dynamic_yarn", "longrope")
-# Methods that need the pretrained context length L.
-_NEEDS_ORIGINAL = ("dynamic", "ntk_by_parts", "yarn", "dynamic_yarn", "llama3", "longrope")
-# Names users also write (transformers' old spellings, the YaRN repo's, the papers').
-_ALIASES = {
-    "pi": "linear",
-    "ntk_aware": "ntk",
-    "dynamic_ntk": "dynamic",
-    "by_parts": "ntk_by_parts",
-    "su": "longrope",
-}
 
 
 def canonical_method(name: str) -> str:
     """Returns the registry name for ``name`` ("dynamic-yarn" -> "dynamic_yarn", "pi" -> "linear")."""
     key = str(name).strip().lower().replace("-", "_")
-    return _ALIASES.get(key, key)
+    return next((method for method, entry in REGISTRY.items() if key in entry.aliases), key)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,7 +98,7 @@ class RopeSpec:
 
     @property
     def is_length_dependent(self) -> bool:
-        return self.method in LENGTH_DEPENDENT
+        return REGISTRY[self.method].length_dependent
 
 
 def _fail(field: str, allowed: str, got) -> None:
@@ -138,8 +115,8 @@ def _is_int(x) -> bool:
 
 def _validate(spec: RopeSpec) -> None:
     """Raises ValueError naming the field and its allowed range; cheap, runs at construction."""
-    if spec.method not in METHODS:
-        _fail("method", f"one of {', '.join(METHODS)}", spec.method)
+    if spec.method not in REGISTRY:
+        _fail("method", f"one of {', '.join(REGISTRY)}", spec.method)
     d = spec.rotary_dim
     if not _is_int(d) or d < 2 or d % 2:
         _fail("rotary_dim", "a positive even integer", d)
@@ -152,7 +129,7 @@ def _validate(spec: RopeSpec) -> None:
         _fail("factor", "a finite number >= 1", spec.factor)
     L = spec.original_max_position_embeddings
     if L is None:
-        if spec.method in _NEEDS_ORIGINAL:
+        if REGISTRY[spec.method].needs_original:
             _fail("original_max_position_embeddings", f"a positive integer (required by '{spec.method}')", L)
     elif not _is_int(L) or L < 1:
         _fail("original_max_position_embeddings", "a positive integer", L)
@@ -363,17 +340,55 @@ def _longrope(spec: RopeSpec, seq_len=None):
     return inv_freq, scaling
 
 
-INV_FREQ_FUNCTIONS = {
-    "default": _default,
-    "linear": _linear,
-    "ntk": _ntk,
-    "dynamic": _dynamic,
-    "ntk_by_parts": _ntk_by_parts,
-    "yarn": _yarn,
-    "dynamic_yarn": _dynamic_yarn,
-    "llama3": _llama3,
-    "longrope": _longrope,
+# ------------------------------------------------------------------------------------------------
+# The registry: one record per method; every other table is derived from it
+# ------------------------------------------------------------------------------------------------
+
+# RopeSpec fields every method has; a method's ``params`` are the ones it reads beyond these.
+COMMON_FIELDS = ("method", "rotary_dim", "theta", "head_dim")
+_BY_PARTS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate")
+_TEMPERATURE = ("mscale", "mscale_all_dim", "attention_factor")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What the rest of the code needs to know about a method (transformers' ``ROPE_INIT_FUNCTIONS``
+    is the model: one function per name, plus the facts other modules used to keep in side tables).
+
+    Attributes:
+      inv_freq: ``(spec, seq_len) -> (inv_freq float32 [d/2], attention_scaling)``.
+      params: RopeSpec fields it reads beyond ``COMMON_FIELDS`` (what ``to_hf_config`` writes).
+      length_dependent: the frequencies depend on the current length l' (``seq_len``).
+      aliases: other names users write (transformers' old spellings, the YaRN repo's, the papers').
+    """
+
+    inv_freq: "Callable[[RopeSpec, int | jax.Array | None], tuple[jax.Array, float | jax.Array]]"
+    params: tuple[str, ...] = ()
+    length_dependent: bool = False
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def needs_original(self) -> bool:
+        """Whether it needs the pretrained context length L."""
+        return "original_max_position_embeddings" in self.params
+
+
+REGISTRY: dict[str, Method] = {
+    "default": Method(_default),
+    "linear": Method(_linear, ("factor",), aliases=("pi",)),
+    "ntk": Method(_ntk, ("factor",), aliases=("ntk_aware",)),
+    "dynamic": Method(_dynamic, ("factor", "original_max_position_embeddings"), length_dependent=True,
+                      aliases=("dynamic_ntk",)),
+    "ntk_by_parts": Method(_ntk_by_parts, _BY_PARTS, aliases=("by_parts",)),
+    "yarn": Method(_yarn, _BY_PARTS + _TEMPERATURE),
+    "dynamic_yarn": Method(_dynamic_yarn, _BY_PARTS + _TEMPERATURE, length_dependent=True),
+    "llama3": Method(_llama3, ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor")),
+    "longrope": Method(_longrope, ("factor", "original_max_position_embeddings", "short_factor", "long_factor",
+                                   "attention_factor"), length_dependent=True, aliases=("su",)),
 }
+METHODS = tuple(REGISTRY)
+LENGTH_DEPENDENT = tuple(name for name, method in REGISTRY.items() if method.length_dependent)
+INV_FREQ_FUNCTIONS = {name: method.inv_freq for name, method in REGISTRY.items()}
 
 
 def inv_freq(spec: RopeSpec, seq_len=None) -> tuple[jax.Array, jax.Array]:
@@ -383,7 +398,7 @@ def inv_freq(spec: RopeSpec, seq_len=None) -> tuple[jax.Array, jax.Array]:
     for every type it has. ``seq_len`` (the current length l') matters only for ``dynamic``,
     ``dynamic_yarn`` and ``longrope``; it may be a traced scalar under ``jax.jit``.
     """
-    freqs, scaling = INV_FREQ_FUNCTIONS[spec.method](spec, seq_len)
+    freqs, scaling = REGISTRY[spec.method].inv_freq(spec, seq_len)
     return jnp.asarray(freqs, jnp.float32), jnp.asarray(scaling, jnp.float32)
 
 
@@ -437,20 +452,6 @@ def apply(x: jax.Array, cos: jax.Array, sin: jax.Array, layout: str = "half") ->
 # ------------------------------------------------------------------------------------------------
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RopeSpec)}
-# Parameters each method reads, beyond method/rotary_dim/theta/head_dim (what to_hf_config writes).
-_METHOD_PARAMS = {
-    "default": (),
-    "linear": ("factor",),
-    "ntk": ("factor",),
-    "dynamic": ("factor",),
-    "ntk_by_parts": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate"),
-    "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate",
-             "mscale", "mscale_all_dim", "attention_factor"),
-    "dynamic_yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate",
-                     "mscale", "mscale_all_dim", "attention_factor"),
-    "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
-    "longrope": ("factor", "original_max_position_embeddings", "short_factor", "long_factor", "attention_factor"),
-}
 
 
 def from_hf_config(hf_config: dict) -> RopeSpec:
@@ -464,8 +465,8 @@ def from_hf_config(hf_config: dict) -> RopeSpec:
     """
     params = dict(hf_config.get("rope_scaling") or hf_config.get("rope_parameters") or {})
     rope_type = canonical_method(params.get("rope_type", params.get("type", "default")))
-    if rope_type not in METHODS:
-        raise ValueError(f"rope_type: {rope_type!r} is not one of {', '.join(METHODS)}")
+    if rope_type not in REGISTRY:
+        raise ValueError(f"rope_type: {rope_type!r} is not one of {', '.join(REGISTRY)}")
     theta = params.get("rope_theta", hf_config.get("rope_theta", 10000.0))
     partial = params.get("partial_rotary_factor", hf_config.get("partial_rotary_factor", 1.0)) or 1.0
     head_dim = hf_config.get("head_dim") or hf_config["hidden_size"] // hf_config["num_attention_heads"]
@@ -473,7 +474,7 @@ def from_hf_config(hf_config: dict) -> RopeSpec:
     original = hf_config.get("original_max_position_embeddings") or params.get("original_max_position_embeddings")
     if rope_type == "dynamic":
         original = max_pos
-    elif rope_type in _NEEDS_ORIGINAL and original is None:
+    elif REGISTRY[rope_type].needs_original and original is None:
         original = max_pos  # transformers' standardize_rope_params does the same
     factor = params.get("factor")
     if factor is None and rope_type in ("yarn", "dynamic_yarn", "longrope") and max_pos and original:
@@ -515,7 +516,7 @@ def to_hf_config(spec: RopeSpec) -> dict:
         d = spec.rotary_dim
         theta, method = spec.theta * spec.factor ** (d / (d - 2)), "default"
     else:
-        for name in _METHOD_PARAMS[method]:
+        for name in REGISTRY[method].params:
             value = getattr(spec, name)
             if value is not None:
                 params[name] = list(value) if isinstance(value, tuple) else value
@@ -566,23 +567,27 @@ def parse(text: str, **defaults) -> RopeSpec:
 
     Fields the string lacks come from ``defaults`` (typically the model's rotary_dim and theta);
     list values (longrope) are written with ``;`` between items: ``short_factor=1;1.5;2``.
-    ``parse(spec_string_or_RopeSpec_or_dict)`` also accepts a RopeSpec (returned with defaults
-    filled only where it has none) or a dict of fields.
+    Also accepts a dict of fields (``defaults`` fill the fields it lacks) or a RopeSpec, which is
+    returned unchanged (``defaults`` are ignored: it is already complete).
     """
     if isinstance(text, RopeSpec):
         return text
     if isinstance(text, dict):
-        return RopeSpec(**{**defaults, **text})
-    method, _, rest = str(text).partition(":")
-    fields = dict(defaults)
-    fields["method"] = method.strip()
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or key not in _FIELDS or key == "method":
-            allowed = ", ".join(n for n in _FIELDS if n != "method")
-            raise ValueError(f"rope spec {text!r}: {item!r} is not key=value with a key among: {allowed}")
-        fields[key] = _coerce(key, value)
+        fields = {**defaults, **text}
+    else:
+        method, _, rest = str(text).partition(":")
+        fields = dict(defaults)
+        fields["method"] = method.strip()
+        for item in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or key not in _FIELDS or key == "method":
+                allowed = ", ".join(n for n in _FIELDS if n != "method")
+                raise ValueError(f"rope spec {text!r}: {item!r} is not key=value with a key among: {allowed}")
+            fields[key] = _coerce(key, value)
+    unknown = sorted(set(fields) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"rope spec {text!r}: unknown fields {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}")
     if "rotary_dim" not in fields:
         raise ValueError(f"rope spec {text!r}: rotary_dim missing (pass it as a keyword, e.g. the model's head dim)")
     return RopeSpec(**fields)
@@ -593,7 +598,7 @@ def to_string(spec: RopeSpec) -> str:
     items = []
     for f in dataclasses.fields(RopeSpec):
         value = getattr(spec, f.name)
-        if f.name in ("method", "rotary_dim", "theta", "head_dim") or value == f.default:
+        if f.name in COMMON_FIELDS or value == f.default:
             continue
         if isinstance(value, tuple):
             value = ";".join(repr(v) for v in value)

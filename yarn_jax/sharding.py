@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from yarn_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 
 LOGICAL_RULES: dict[str, tuple[str, ...] | str | None] = {
@@ -37,20 +39,20 @@ def mesh_shape(sizes: dict, num_devices: int) -> dict[str, int]:
     """Resolves the config's mesh sizes (one may be -1: fills the rest) against the device count."""
     unknown = sorted(set(sizes) - set(MESH_AXES))
     if unknown:
-        raise ValueError(f"config.mesh: unknown axes {', '.join(unknown)}; allowed: {', '.join(MESH_AXES)}")
+        raise UserError(f"config.mesh: unknown axes {', '.join(unknown)}; allowed: {', '.join(MESH_AXES)}")
     shape = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
     fill = [axis for axis, size in shape.items() if size == -1]
     if len(fill) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1; got {', '.join(fill)}")
+        raise UserError(f"config.mesh: at most one axis may be -1; got {', '.join(fill)}")
     if any(size == 0 or size < -1 for size in shape.values()):
-        raise ValueError(f"config.mesh: sizes must be positive or -1; got {shape}")
+        raise UserError(f"config.mesh: sizes must be positive or -1; got {shape}")
     known = math.prod(size for size in shape.values() if size != -1)
     if fill:
         if num_devices % known:
-            raise ValueError(f"config.mesh: {num_devices} devices are not divisible by the fixed axes' {known}")
+            raise UserError(f"config.mesh: {num_devices} devices are not divisible by the fixed axes' {known}")
         shape[fill[0]] = num_devices // known
     if math.prod(shape.values()) != num_devices:
-        raise ValueError(f"config.mesh: {shape} uses {math.prod(shape.values())} devices; this run has {num_devices}")
+        raise UserError(f"config.mesh: {shape} uses {math.prod(shape.values())} devices; this run has {num_devices}")
     return shape
 
 
@@ -77,20 +79,23 @@ def logical_to_spec(names, shape, mesh: Mesh) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
-def param_sharding_fn(mesh: Mesh):
-    """``sharding_fn(path, logical_axes, shape)`` for hf.from_pretrained / checkpoint.load_model."""
-    return lambda path, names, shape: NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+def variable_sharding(variable, mesh: Mesh | None):
+    """Where a parameter lives: by the ``logical_axes`` metadata every ``nnx.Param`` of the model
+    carries (None without a mesh: the default device). The one placement rule for parameters,
+    used by random initialisation, every checkpoint loader and the optimizer state."""
+    if mesh is None:
+        return None
+    names = variable.get_metadata().get("logical_axes")
+    return NamedSharding(mesh, logical_to_spec(names, variable.shape, mesh))
 
 
-def tree_shardings(abstract_state, mesh: Mesh):
-    """NamedShardings for an nnx state of Variables carrying ``logical_axes`` metadata."""
+def state_shardings(abstract_state, mesh: Mesh):
+    """The (abstract) nnx State with each Variable's value replaced by its NamedSharding
+    (``variable_sharding``): the same pytree structure, so it serves as jit in/out shardings."""
     from flax import nnx
 
-    def one(variable):
-        names = variable.get_metadata().get("logical_axes")
-        return NamedSharding(mesh, logical_to_spec(names, variable.shape, mesh))
-
-    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(lambda v: v.replace(variable_sharding(v, mesh)), abstract_state,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -2,19 +2,21 @@
 
     python -m yarn_jax.train --config configs/yarn_32k.py[:runlocal] [--workdir DIR] [--config.KEY=VALUE ...]
 
-The workdir (default ``runs/<config name>``) holds ``config.json`` (the resolved config),
+The workdir (default ``runs/<config name>``) holds ``config.json`` (the run's config),
 ``model_config.json``, ``checkpoints/`` (orbax: parameters, optimizer state, data-iterator
 position), ``metrics.jsonl`` and TensorBoard events. Running the same command again resumes from
-the latest checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly; a non-finite
-loss stops the run naming the step, keeping the last good checkpoint.
+the latest checkpoint (only ``steps``, checkpoint/eval/log settings and runtime kernels may
+change; any other difference is refused). SIGTERM (preemption) saves a checkpoint and exits
+cleanly; a non-finite loss stops the run naming the step, keeping the last good checkpoint.
 
-FLOPs per token (for TFLOP/s and MFU): 6 * N_matmul (every matmul parameter, the output
-projection included, the embedding lookup excluded) + 6 * layers * T * (heads * head_dim) (causal
-attention: half of the 12 * layers * T * d of full attention, forward and backward).
+The code reads as two parts: ``setup`` (config → mesh → data → model → sharded state → compiled
+step, everything validated before anything expensive runs) returns one ``Run``; ``train_loop``
+steps it. FLOPs per token for TFLOP/s and MFU: ``ModelConfig.flops_per_token``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -23,11 +25,11 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -35,12 +37,13 @@ from flax import nnx
 from yarn_jax import checkpoint as checkpoint_lib
 from yarn_jax import data as data_lib
 from yarn_jax import evaluate
-from yarn_jax import hf
 from yarn_jax import model as model_lib
+from yarn_jax import recipe
 from yarn_jax import rope as rope_lib
 from yarn_jax import sharding
+from yarn_jax.errors import UserError, one_line
+from yarn_jax.progress import Progress
 
-SCHEDULES = ("constant", "linear", "cosine")
 # bf16 dense peak TFLOP/s per device, for MFU when config.peak_tflops_per_device is 0. A TPU v2/v3
 # device is one core (half a chip); Colab's free runtimes are TPU v2-8, v5e and T4/L4 GPUs.
 PEAK_TFLOPS = {"TPU v2": 22.5, "TPU v3": 61.5, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
@@ -53,125 +56,72 @@ class TrainingError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------
-# Config validation: every problem is named before anything expensive runs
+# Model: from scratch or from any checkpoint the loader knows
 # ------------------------------------------------------------------------------------------------
 
 
-def validate_config(c: ml_collections.ConfigDict) -> None:
-    def need(condition, field, allowed, value):
-        if not condition:
-            raise ValueError(f"config.{field}: must be {allowed}; got {value!r}")
-
-    need(isinstance(c.seq_len, int) and c.seq_len >= 2, "seq_len", "an integer >= 2", c.seq_len)
-    need(isinstance(c.steps, int) and c.steps >= 1, "steps", "an integer >= 1", c.steps)
-    need(isinstance(c.batch_size, int) and c.batch_size >= 1, "batch_size", "an integer >= 1", c.batch_size)
-    need(isinstance(c.grad_accum, int) and c.grad_accum >= 1 and c.batch_size % c.grad_accum == 0,
-         "grad_accum", f"a positive divisor of batch_size ({c.batch_size})", c.grad_accum)
-    need(isinstance(c.loss_chunk, int) and c.loss_chunk >= 0, "loss_chunk", "an integer >= 0 (0: whole sequence)",
-         c.loss_chunk)
-    need(c.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"one of {', '.join(SCHEDULES)}", c.optimizer.schedule)
-    need(c.optimizer.lr > 0, "optimizer.lr", "> 0", c.optimizer.lr)
-    need(c.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", ">= 0", c.optimizer.warmup_steps)
-    need(c.data.packing in data_lib.PACKING_MODES, "data.packing", f"one of {', '.join(data_lib.PACKING_MODES)}",
-         c.data.packing)
-    need(c.checkpoint.every >= 1, "checkpoint.every", ">= 1", c.checkpoint.every)
-    need(c.checkpoint.keep >= 1, "checkpoint.keep", ">= 1", c.checkpoint.keep)
-    need(c.log_every >= 1, "log_every", ">= 1", c.log_every)
-    try:
-        _rope_for(c, 64)
-    except ValueError as error:
-        raise ValueError(f"config.rope: {error}") from None
-    for length in eval_lengths(c):
-        need(length >= 2, "eval.lengths", "comma-separated integers >= 2", c.eval.lengths)
-    mesh = dict(c.mesh)
-    need(set(mesh) <= set(sharding.MESH_AXES), "mesh", f"axes among {', '.join(sharding.MESH_AXES)}", sorted(mesh))
-    need(list(mesh.values()).count(-1) <= 1 and all(v == -1 or v >= 1 for v in mesh.values()), "mesh",
-         "positive sizes with at most one -1", mesh)
-
-
-def eval_lengths(c) -> list[int]:
-    text = str(c.eval.lengths or "").strip()
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"config.eval.lengths: must be comma-separated integers; got {text!r}") from None
-
-
-# ------------------------------------------------------------------------------------------------
-# Model: from scratch, a transformers directory, a model directory, or another run's workdir
-# ------------------------------------------------------------------------------------------------
-
-_RUNTIME_FIELDS = ("attention", "attention_block_size", "dtype", "param_dtype", "remat")
-
-
-def _runtime_overrides(c) -> dict:
-    return {k: c.model[k] for k in _RUNTIME_FIELDS}
+def _runtime(c) -> dict:
+    return {k: c.model[k] for k in model_lib.RUNTIME_FIELDS if k in c.model}
 
 
 def model_config_from_scratch(c, vocab_size: int) -> model_lib.ModelConfig:
     m = dict(c.model)
     fields = {k: v for k, v in m.items() if k not in ("vocab_size", "head_dim", "max_position_embeddings")}
-    return model_lib.ModelConfig(vocab_size=m["vocab_size"] or vocab_size, head_dim=m["head_dim"] or None,
-                                 max_position_embeddings=m["max_position_embeddings"] or c.seq_len,
-                                 rope=_rope_for(c, (m["head_dim"] or m["hidden_size"] // m["num_heads"])), **fields)
+    head_dim = m["head_dim"] or m["hidden_size"] // m["num_heads"]
+    try:
+        config = model_lib.ModelConfig(vocab_size=m["vocab_size"] or vocab_size, head_dim=m["head_dim"] or None,
+                                       max_position_embeddings=m["max_position_embeddings"] or c.seq_len,
+                                       rope=rope_lib.RopeSpec("default", head_dim), **fields)
+        return model_lib.configure(config, rope=c.rope)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"config.model: {error}") from None
 
 
-def _rope_for(c, rotary_dim: int, theta: float = 10000.0, own: rope_lib.RopeSpec | None = None) -> rope_lib.RopeSpec:
-    """The run's rope: ``config.rope``, or with "none" the checkpoint's own (``default`` from scratch)."""
-    if str(c.rope) in ("none", ""):
-        return own or rope_lib.RopeSpec("default", rotary_dim, theta=theta)
-    return rope_lib.parse(c.rope, rotary_dim=rotary_dim, theta=theta)
+def tokenizer_spec(c) -> str:
+    """The run's tokenizer: config.data.tokenizer, else the one that goes with init_from, else byte."""
+    if c.data.tokenizer:
+        return c.data.tokenizer
+    return checkpoint_lib.default_tokenizer(c.init_from) if c.init_from else "byte"
 
 
-def init_source_kind(path: str) -> str:
-    """What ``init_from`` points at: "hf", "model" or "workdir"; raises naming the path otherwise."""
-    if not path:
-        return "scratch"
-    if os.path.exists(os.path.join(path, "config.json")) and any(f.endswith(".safetensors") for f in os.listdir(path)):
-        return "hf"
-    if checkpoint_lib.is_model_dir(path):
-        return "model"
-    if checkpoint_lib.is_workdir(path):
-        return "workdir"
-    raise ValueError(f"config.init_from: {path!r} is not a transformers directory (config.json + *.safetensors), "
-                     "a yarn_jax model directory (model_config.json + params/) or a run workdir (checkpoints/)")
+def model_config(c, vocab_size: int) -> model_lib.ModelConfig:
+    """The ModelConfig the run trains (cheap: a checkpoint's metadata only)."""
+    if not c.init_from:
+        return model_config_from_scratch(c, vocab_size)
+    try:
+        config = model_lib.configure(checkpoint_lib.read_config(c.init_from), rope=c.rope, **_runtime(c))
+    except ValueError as error:
+        if isinstance(error, UserError):
+            raise
+        raise UserError(f"config.rope / config.model: {error}") from None
+    return config.replace(max_position_embeddings=max(config.max_position_embeddings, c.seq_len))
 
 
-def load_initial_model(c, mesh, vocab_size: int):
-    """(Decoder with sharded parameters, ModelConfig) for the run's start."""
-    kind = init_source_kind(c.init_from)
-    place = sharding.param_sharding_fn(mesh)
-    if kind == "scratch":
-        config = model_config_from_scratch(c, vocab_size)
-        abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(c.seed)))
-        graphdef, abstract_state = nnx.split(abstract)
-        shardings = sharding.tree_shardings(abstract_state, mesh)
+def init_model(c, mesh, config: model_lib.ModelConfig) -> model_lib.Decoder:
+    """The run's starting model, each parameter created or loaded straight into its mesh sharding."""
+    if not c.init_from:
+        abstract_state = nnx.state(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(c.seed))))
 
-        @functools.partial(jax.jit, out_shardings=shardings)
+        @functools.partial(jax.jit, out_shardings=sharding.state_shardings(abstract_state, mesh))
         def init():
             return nnx.state(model_lib.Decoder(config, rngs=nnx.Rngs(c.seed)))
 
-        return nnx.merge(graphdef, init()), config
-    if kind == "hf":
-        model, config = hf.from_pretrained(c.init_from, sharding_fn=place, **_runtime_overrides(c))
-    elif kind == "model":
-        model, config = checkpoint_lib.load_model(c.init_from, sharding_fn=place, **_runtime_overrides(c))
-    else:
-        model, config = checkpoint_lib.load_workdir(c.init_from, sharding_fn=place, **_runtime_overrides(c))
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(c.seed))))
+        return nnx.merge(graphdef, init())
+    model, _, _ = checkpoint_lib.load(c.init_from, mesh=mesh, rope=c.rope, **_runtime(c))
+    if checkpoint_lib.path_kind(c.init_from) == "workdir":
         print(f"init_from {c.init_from}: step {checkpoint_lib.latest_step(c.init_from)}")
-    config = config.replace(rope=_rope_for(c, config.head_dim, config.rope.theta, own=config.rope),
-                            max_position_embeddings=max(config.max_position_embeddings, c.seq_len))
-    return model_lib.with_config(model, config), config
+    return model_lib.with_config(model, config)
 
 
 # ------------------------------------------------------------------------------------------------
-# Optimizer and the loss
+# Optimizer, loss and the step
 # ------------------------------------------------------------------------------------------------
 
 
-def make_optimizer(c) -> optax.GradientTransformation:
+def make_optimizer(c) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with linear warmup then constant, linear or cosine decay (to end_lr_fraction * lr),
-    global-norm gradient clipping."""
+    global-norm gradient clipping; and its learning-rate schedule (for logging)."""
     o = c.optimizer
     warmup = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
     decay_steps = max(c.steps - o.warmup_steps, 1)
@@ -187,12 +137,23 @@ def make_optimizer(c) -> optax.GradientTransformation:
     return optax.chain(*chain), schedule
 
 
-def optimizer_shardings(tx, params, param_shardings, mesh):
-    """Optimizer moments shard like their parameters (FSDP); counters and scalars are replicated."""
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params", "opt_state"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """What a step updates: the model's parameters (an nnx State) and the optimizer state."""
+
+    params: Any
+    opt_state: Any
+
+
+def state_shardings(tx, params, mesh) -> TrainState:
+    """Parameters by their logical axes; optimizer moments like their parameters (FSDP); counters
+    and scalars replicated."""
+    param_shardings = sharding.state_shardings(params, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    abstract = jax.eval_shape(tx.init, params)
-    return optax.tree_utils.tree_map_params(tx, lambda _, sharding: sharding, abstract, param_shardings,
-                                            transform_non_params=lambda _: replicated)
+    opt_shardings = optax.tree_utils.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params),
+                                                     param_shardings, transform_non_params=lambda _: replicated)
+    return TrainState(param_shardings, opt_shardings)
 
 
 def loss_sums(model, batch, document_masking: bool, loss_chunk: int = 0):
@@ -205,35 +166,35 @@ def loss_sums(model, batch, document_masking: bool, loss_chunk: int = 0):
     return jnp.sum(losses * mask), jnp.sum(mask)
 
 
-def make_train_step(graphdef, tx, c):
-    """One optimizer step over the global batch, in ``grad_accum`` micro-batches."""
+def make_train_step(graphdef, tx, c, mesh):
+    """One optimizer step over the global batch, in ``grad_accum`` micro-batches. Activations are
+    constrained to ``mesh`` while the step is traced (whenever jit traces it)."""
 
-    def micro(params, batch):
+    def grads_of(params, batch):
         def loss(p):
-            total, count = loss_sums(nnx.merge(graphdef, p), batch, c.data.document_masking, c.loss_chunk)
-            return total, count
+            return loss_sums(nnx.merge(graphdef, p), batch, c.data.document_masking, c.loss_chunk)
 
         (total, count), grads = jax.value_and_grad(loss, has_aux=True)(params)
         return total, count, grads
 
-    def step(params, opt_state, batch):
-        if c.grad_accum == 1:
-            total, count, grads = micro(params, batch)
-        else:
-            split = jax.tree.map(lambda x: x.reshape(c.grad_accum, -1, *x.shape[1:]), batch)
+    def step(state: TrainState, batch):
+        with sharding.activation_sharding(mesh) if mesh is not None else contextlib.nullcontext():
+            if c.grad_accum == 1:
+                total, count, grads = grads_of(state.params, batch)
+            else:
+                micro = jax.tree.map(lambda x: x.reshape(c.grad_accum, -1, *x.shape[1:]), batch)
 
-            def body(carry, mb):
-                total, count, grads = carry
-                t, n, g = micro(params, mb)
-                return (total + t, count + n, jax.tree.map(jnp.add, grads, g)), None
+                def body(carry, mb):
+                    t, n, g = grads_of(state.params, mb)
+                    return jax.tree.map(jnp.add, carry, (t, n, g)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            (total, count, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), split)
+                zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, state.params))
+                (total, count, grads), _ = jax.lax.scan(body, zeros, micro)
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": total / count, "grad_norm": optax.global_norm(grads), "tokens": count}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        metrics = {"loss": total / count, "grad_norm": optax.global_norm(grads), "tokens": count}
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), metrics
 
     return step
 
@@ -251,18 +212,6 @@ def count_traces(fn):
     return traced
 
 
-# ------------------------------------------------------------------------------------------------
-# Throughput accounting
-# ------------------------------------------------------------------------------------------------
-
-
-def flops_per_token(config: model_lib.ModelConfig, seq_len: int) -> float:
-    e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-    matmul = config.num_layers * (e * d * (h + 2 * k) + h * d * e + 3 * e * config.intermediate_size)
-    matmul += e * config.vocab_size  # the output projection (tied or not)
-    return 6.0 * matmul + 6.0 * config.num_layers * seq_len * h * d
-
-
 def peak_tflops(c) -> float | None:
     if c.peak_tflops_per_device:
         return float(c.peak_tflops_per_device)
@@ -271,8 +220,39 @@ def peak_tflops(c) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Evaluation hook
+# Checkpoints, evaluation, metrics
 # ------------------------------------------------------------------------------------------------
+
+
+class Checkpoints:
+    """orbax checkpoints of a run: parameters, optimizer state and the data iterator's position."""
+
+    def __init__(self, c, workdir: str):
+        options = ocp.CheckpointManagerOptions(max_to_keep=c.checkpoint.keep,
+                                               enable_async_checkpointing=c.checkpoint.use_async)
+        self.manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data_iter) -> None:
+        self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params),
+                                                        opt_state=ocp.args.StandardSave(state.opt_state),
+                                                        data=ocp.args.JsonSave(data_iter.get_state())), force=True)
+
+    def restore(self, step: int, like: TrainState, data_iter) -> TrainState:
+        """The state at ``step``, each array restored straight into the sharding of ``like``'s."""
+        abstract = lambda tree: jax.tree.map(  # noqa: E731
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract(like.params)),
+            opt_state=ocp.args.StandardRestore(abstract(like.opt_state)), data=ocp.args.JsonRestore()))
+        data_iter.set_state(restored["data"])
+        return TrainState(restored["params"], restored["opt_state"])
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 class Evaluator:
@@ -280,10 +260,10 @@ class Evaluator:
     document long enough (BOS + length-1 tokens, YaRN's --truncate protocol), through
     ``evaluate.perplexity``; each length compiles once for the whole run."""
 
-    def __init__(self, c, validation: data_lib.TokenSplit):
-        self.split, self.jobs = validation, []
+    def __init__(self, c, validation: data_lib.TokenSplit, mesh):
+        self.split, self.mesh, self.jobs = validation, mesh, []
         self.batch = max(1, c.batch_size // c.grad_accum)
-        for length in [c.seq_len] + eval_lengths(c):
+        for length in [c.seq_len] + recipe.eval_lengths(c):
             try:
                 docs = evaluate.select_documents(validation, length - 1, c.eval.batches * self.batch)
             except evaluate.EvalError:
@@ -292,14 +272,10 @@ class Evaluator:
             self.jobs.append((length, docs))
 
     def __call__(self, model) -> dict:
-        return {f"eval/loss@{length}": evaluate.perplexity(model, self.split, docs, length, truncate=True,
-                                                           batch_size=self.batch)["loss"]
-                for length, docs in self.jobs}
-
-
-# ------------------------------------------------------------------------------------------------
-# Metrics
-# ------------------------------------------------------------------------------------------------
+        with sharding.activation_sharding(self.mesh):
+            return {f"eval/loss@{length}": evaluate.perplexity(model, self.split, docs, length, truncate=True,
+                                                               batch_size=self.batch)["loss"]
+                    for length, docs in self.jobs}
 
 
 class MetricWriter:
@@ -328,147 +304,181 @@ class MetricWriter:
 
 
 # ------------------------------------------------------------------------------------------------
-# The run
+# Setup: everything the loop needs, as one object
 # ------------------------------------------------------------------------------------------------
 
 
-def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None) -> dict:
-    """Runs (or resumes) the training in ``workdir``; returns the last logged metrics.
-    ``stop_after`` ends the process's work after that many steps this call (tests of resumption)."""
-    # ---- Config, workdir, processes ------------------------------------------------------------
-    validate_config(c)
+@dataclasses.dataclass
+class Run:
+    c: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    model_config: model_lib.ModelConfig
+    graphdef: Any
+    state: TrainState
+    shardings: TrainState
+    batch_sharding: Any
+    data_iter: Any
+    schedule: Any
+    train_step: Any  # jitted (state, batch) -> (state, metrics)
+    step_fn: Any  # what train_step compiles; ``step_fn.traces`` counts its compilations
+    evaluator: Evaluator
+    checkpoints: Checkpoints
+    start_step: int
+
+
+def setup(c: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Validates everything it can before anything expensive, then builds the mesh, the data, the
+    sharded model and optimizer state (restored from the workdir's latest checkpoint if any) and
+    the compiled step. Nothing is written to ``workdir`` before the inputs are validated."""
+    # ---- Config, processes, mesh ----------------------------------------------------------------
+    recipe.validate_config(c)
     if c.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         if not jax.distributed.is_initialized():
             jax.distributed.initialize()
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(c.to_json_best_effort(indent=2))
-
-    # ---- Mesh ----------------------------------------------------------------------------------
-    mesh = sharding.make_mesh(dict(c.mesh))
+    recipe.check_workdir(c, workdir)
+    tokenizer = None if c.data.source.startswith("tokens:") else data_lib.load_tokenizer(tokenizer_spec(c))
+    vocab_size = tokenizer.vocab_size if tokenizer else _prepared_vocab(c.data.source)
+    config = model_config(c, vocab_size)
+    if vocab_size > config.vocab_size:
+        raise UserError(f"config.data.tokenizer: vocabulary {vocab_size} exceeds the model's {config.vocab_size}")
+    mesh = sharding.make_mesh(recipe.validate_mesh(c, config, jax.device_count()))
     print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
           f"{jax.process_count()} processes")
 
     # ---- Data ----------------------------------------------------------------------------------
-    tokenizer_spec = c.data.tokenizer or (f"hf:{c.init_from}" if init_source_kind(c.init_from) == "hf" else "byte")
-    tokenizer = None if c.data.source.startswith("tokens:") else data_lib.load_tokenizer(tokenizer_spec)
     train_split = data_lib.load_split(c.data.source, tokenizer, "train")
     validation_split = data_lib.load_split(c.data.source, tokenizer, "validation")
     windows = data_lib.PackedWindows(train_split, c.seq_len, c.data.packing, document_masking=c.data.document_masking,
                                      min_doc_tokens=c.data.min_doc_tokens)
     data_iter = data_lib.batch_iterator(windows, c.batch_size, seed=c.seed)
-    vocab_size = tokenizer.vocab_size if tokenizer else _prepared_vocab(c.data.source)
 
-    # ---- Model, optimizer, sharded state -------------------------------------------------------
-    model, model_config = load_initial_model(c, mesh, vocab_size)
-    if vocab_size > model_config.vocab_size:
-        raise ValueError(f"config.data.tokenizer: vocabulary {vocab_size} exceeds the model's {model_config.vocab_size}")
+    # ---- Model and optimizer state, sharded ----------------------------------------------------
+    model = init_model(c, mesh, config)
+    os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(c.to_json_best_effort(indent=2))
         with open(os.path.join(workdir, "model_config.json"), "w") as f:
-            json.dump(checkpoint_lib.config_to_dict(model_config), f, indent=2)
+            json.dump(checkpoint_lib.config_to_dict(config), f, indent=2)
     graphdef, params = nnx.split(model)
     del model
     tx, schedule = make_optimizer(c)
-    param_shardings = jax.tree.map(lambda x: x.sharding, params)
-    opt_shardings = optimizer_shardings(tx, params, param_shardings, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    batch_sharding = sharding.batch_sharding(mesh)
+    shardings = state_shardings(tx, params, mesh)
+    state = TrainState(params, jax.jit(tx.init, out_shardings=shardings.opt_state)(params))
 
-    # ---- Checkpoints: resume if the workdir has one --------------------------------------------
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=c.checkpoint.keep, enable_async_checkpointing=c.checkpoint.use_async))
-    start = 0
-    if manager.latest_step() is not None:
-        start = manager.latest_step()
-        abstract = lambda tree: jax.tree.map(  # noqa: E731
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-        restored = manager.restore(start, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract(params)), opt_state=ocp.args.StandardRestore(abstract(opt_state)),
-            data=ocp.args.JsonRestore()))
-        params, opt_state = restored["params"], restored["opt_state"]
-        data_iter.set_state(restored["data"])
+    # ---- Resume from the workdir's latest checkpoint -------------------------------------------
+    checkpoints = Checkpoints(c, workdir)
+    start = checkpoints.latest_step() or 0
+    if start:
+        state = checkpoints.restore(start, state, data_iter)
         print(f"resumed from {workdir} at step {start}")
 
-    def save(step: int) -> None:
-        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                   opt_state=ocp.args.StandardSave(opt_state),
-                                                   data=ocp.args.JsonSave(data_iter.get_state())), force=True)
-
     # ---- The compiled step ---------------------------------------------------------------------
-    with sharding.activation_sharding(mesh):
-        step_fn = count_traces(make_train_step(graphdef, tx, c))
-        train_step = jax.jit(step_fn, donate_argnums=(0, 1),
-                             in_shardings=(param_shardings, opt_shardings, batch_sharding),
-                             out_shardings=(param_shardings, opt_shardings, None))
-    evaluator = Evaluator(c, validation_split)
-    flops = flops_per_token(model_config, c.seq_len)
-    peak = peak_tflops(c)
-    print(f"model {model_config.num_params / 1e6:.2f}M parameters, rope {rope_lib.to_string(model_config.rope)}, "
-          f"attention {model_config.attention}, seq_len {c.seq_len}, global batch {c.batch_size} "
-          f"({c.grad_accum} micro-batches), {flops / 1e9:.3f} GFLOP/token")
+    batch_sharding = sharding.batch_sharding(mesh)
+    step_fn = count_traces(make_train_step(graphdef, tx, c, mesh))
+    train_step = jax.jit(step_fn, donate_argnums=0, in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, None))
+    print(f"model {config.num_params / 1e6:.2f}M parameters, rope {rope_lib.to_string(config.rope)}, "
+          f"attention {config.attention}, seq_len {c.seq_len}, global batch {c.batch_size} "
+          f"({c.grad_accum} micro-batches), {config.flops_per_token(c.seq_len) / 1e9:.3f} GFLOP/token")
+    return Run(c, workdir, mesh, config, graphdef, state, shardings, batch_sharding, data_iter, schedule, train_step,
+               step_fn, Evaluator(c, validation_split, mesh), checkpoints, start)
 
-    # ---- Preemption ----------------------------------------------------------------------------
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train_loop(run: Run, stop_after: int | None = None) -> dict:
+    """Steps ``run`` to ``c.steps``: logs, evaluates, checkpoints, stops on SIGTERM or a non-finite
+    loss; returns the last logged metrics. ``stop_after``: end after that many steps (tests)."""
+    c, state = run.c, run.state
     preempted = []
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-
-    # ---- Loop ----------------------------------------------------------------------------------
-    writer = MetricWriter(workdir)
-    last, pending, recompiled = {}, None, []  # pending: (step, metrics) of the last step, checked one step late
-    window_start, window_tokens = time.perf_counter(), 0
-    progress = _progress(start, c.steps)
+    writer, log = MetricWriter(run.workdir), _StepLog(run)
+    last, pending = {}, None  # pending: the last step's metrics, checked for NaN one step late (no sync)
     try:
-        step = start
+        step = run.start_step
         while step < c.steps:
-            batch = jax.device_put(_global_batch(next(data_iter), batch_sharding), batch_sharding)
-            with sharding.activation_sharding(mesh):
-                params, opt_state, metrics = train_step(params, opt_state, batch)
+            batch = jax.device_put(_global_batch(next(run.data_iter), run.batch_sharding), run.batch_sharding)
+            state, metrics = run.train_step(state, batch)
             step += 1
-            _check_finite(pending, manager)
+            _check_finite(pending, run.checkpoints)
             pending = (step, metrics)
-            window_tokens += c.batch_size * c.seq_len
-            if step == start + 1 and step % c.log_every and step < c.steps:  # windows exclude compilation
-                jax.block_until_ready(metrics)
-                window_start, window_tokens = time.perf_counter(), 0
-            if step_fn.traces > 1 and not recompiled:
-                recompiled.append(step)
-                progress.write(f"warning: the train step compiled again at step {step} (a batch shape, dtype or "
-                               "sharding changed); every recompilation costs time")
+            log.stepped(step, metrics)
             if step % c.log_every == 0 or step == c.steps:
-                _check_finite(pending, manager)
-                elapsed = time.perf_counter() - window_start
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last.update(lr=float(schedule(step - 1)), tokens_per_s=window_tokens / elapsed)
-                last["tflops_per_device"] = last["tokens_per_s"] * flops / 1e12 / jax.device_count()
-                last["train_step_compilations"] = step_fn.traces
-                if peak:
-                    last["mfu"] = last["tflops_per_device"] / peak
-                writer.write(step, last)
-                progress.update(step, last)
-                window_start, window_tokens = time.perf_counter(), 0
+                _check_finite(pending, run.checkpoints)
+                last = log.write(step, metrics, writer)
             if (c.eval.every and step % c.eval.every == 0) or step == c.steps:
-                with sharding.activation_sharding(mesh):
-                    results = evaluator(nnx.merge(graphdef, params))
+                results = run.evaluator(nnx.merge(run.graphdef, state.params))
                 writer.write(step, results)
-                progress.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
+                log.progress.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
                 last.update(results)
             if step % c.checkpoint.every == 0 or step == c.steps or preempted:
-                _check_finite(pending, manager)
-                save(step)
+                _check_finite(pending, run.checkpoints)
+                run.checkpoints.save(step, state, run.data_iter)
             if preempted:
-                manager.wait_until_finished()
-                progress.write(f"SIGTERM: saved step {step} to {workdir}; exiting")
+                log.progress.write(f"SIGTERM: saved step {step} to {run.workdir}; exiting")
                 break
-            if stop_after is not None and step - start >= stop_after:
+            if stop_after is not None and step - run.start_step >= stop_after:
                 break
     finally:
-        manager.wait_until_finished()
-        manager.close()
+        run.checkpoints.close()
         writer.close()
-        progress.close()
+        log.progress.close()
         signal.signal(signal.SIGTERM, previous_handler)
     return last
+
+
+def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None) -> dict:
+    """Runs (or resumes) the training in ``workdir``; returns the last logged metrics."""
+    return train_loop(setup(c, workdir), stop_after)
+
+
+class _StepLog:
+    """Throughput windows (excluding the compiling step), the recompilation warning, the progress
+    bar and the metrics line of each logged step."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.flops = run.model_config.flops_per_token(run.c.seq_len)
+        self.peak = peak_tflops(run.c)
+        self.window_start, self.window_tokens, self.warned = time.perf_counter(), 0, False
+        self.progress = Progress(run.c.steps, "train", "step", every=60.0, disable=jax.process_index() != 0,
+                                 file=sys.stdout)
+        self.progress.update(run.start_step)
+
+    def stepped(self, step: int, metrics) -> None:
+        c = self.run.c
+        self.progress.update(1)
+        self.window_tokens += c.batch_size * c.seq_len
+        if step == self.run.start_step + 1 and step % c.log_every and step < c.steps:  # windows exclude compilation
+            jax.block_until_ready(metrics)
+            self.window_start, self.window_tokens = time.perf_counter(), 0
+        if self.run.step_fn.traces > 1 and not self.warned:
+            self.warned = True
+            self.progress.write(f"warning: the train step compiled again at step {step} (a batch shape, dtype or "
+                                "sharding changed); every recompilation costs time")
+
+    def write(self, step: int, metrics, writer: MetricWriter) -> dict:
+        elapsed = time.perf_counter() - self.window_start
+        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        last.update(lr=float(self.run.schedule(step - 1)), tokens_per_s=self.window_tokens / elapsed)
+        last["tflops_per_device"] = last["tokens_per_s"] * self.flops / 1e12 / jax.device_count()
+        last["train_step_compilations"] = self.run.step_fn.traces
+        if self.peak:
+            last["mfu"] = last["tflops_per_device"] / self.peak
+        writer.write(step, last)
+        text = (f"step {step}/{self.run.c.steps}  loss {last['loss']:.4f}  grad_norm {last['grad_norm']:.3f}  "
+                f"lr {last['lr']:.3g}  {last['tokens_per_s']:,.0f} tok/s  {last['tflops_per_device']:.3f} TFLOP/s/device")
+        if "mfu" in last:
+            text += f"  MFU {100 * last['mfu']:.1f}%"
+        self.progress.set_postfix(f"loss {last['loss']:.4f}")
+        self.progress.write(text)
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+        return last
 
 
 def _global_batch(local: dict, batch_sharding) -> dict:
@@ -480,54 +490,25 @@ def _global_batch(local: dict, batch_sharding) -> dict:
     return multihost_utils.host_local_array_to_global_array(local, batch_sharding.mesh, batch_sharding.spec)
 
 
-def _check_finite(pending, manager) -> None:
+def _check_finite(pending, checkpoints: Checkpoints) -> None:
     if pending is None:
         return
     step, metrics = pending
     loss = float(metrics["loss"])
     if not math.isfinite(loss):
-        manager.wait_until_finished()
-        kept = manager.latest_step()
+        checkpoints.manager.wait_until_finished()
+        kept = checkpoints.latest_step()
         raise TrainingError(f"loss is {loss} at step {step}; stopping. The last good checkpoint "
                             f"({'step ' + str(kept) if kept is not None else 'none yet'}) is kept.")
 
 
 def _prepared_vocab(source: str) -> int:
-    with open(os.path.join(source[len("tokens:"):], "meta.json")) as f:
+    path = os.path.join(source[len("tokens:"):], "meta.json")
+    if not os.path.exists(path):
+        raise UserError(f"config.data.source {source!r}: not a prepared dataset (no meta.json); run "
+                        "`python -m yarn_jax.data prepare`")
+    with open(path) as f:
         return json.load(f)["vocab_size"]
-
-
-@dataclasses.dataclass
-class _progress:
-    """A tqdm bar with ETA on process 0, plus one plain log line per logged step."""
-
-    start: int
-    total: int
-
-    def __post_init__(self):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, initial=self.start, dynamic_ncols=True,
-                        disable=jax.process_index() != 0 or not sys.stdout.isatty(),
-                        file=sys.stdout, mininterval=1.0)
-
-    def update(self, step: int, metrics: dict) -> None:
-        self.bar.n = step
-        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-        self.bar.refresh()
-        text = (f"step {step}/{self.total}  loss {metrics['loss']:.4f}  grad_norm {metrics['grad_norm']:.3f}  "
-                f"lr {metrics['lr']:.3g}  {metrics['tokens_per_s']:,.0f} tok/s  "
-                f"{metrics['tflops_per_device']:.3f} TFLOP/s/device")
-        if "mfu" in metrics:
-            text += f"  MFU {100 * metrics['mfu']:.1f}%"
-        self.write(text)
-
-    def write(self, text: str) -> None:
-        if jax.process_index() == 0:
-            self.bar.write(text)
-
-    def close(self):
-        self.bar.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -543,14 +524,14 @@ def default_workdir(c, config_path: str) -> str:
 def _require_checkpoint_for_7b(c, config_path: str) -> None:
     """The Llama-2-7B recipes extend a pretrained model: without one they stop here, at once."""
     if not c.init_from and c.model.hidden_size >= 1024:
-        raise SystemExit(
-            f"error: {config_path} extends a pretrained 7B model and config.init_from is empty.\n"
-            "  Point it at a local checkpoint: --config.init_from=/path/to/Llama-2-7b-hf (a transformers directory "
-            "with config.json and *.safetensors), a yarn_jax model directory, or a run workdir.\n"
-            f"  For a CPU-size run of the same code path that needs no checkpoint: --config {config_path}:runlocal")
+        raise UserError(
+            f"config.init_from: empty, but {config_path} extends a pretrained 7B model; point it at a local "
+            "checkpoint with --config.init_from=/path/to/Llama-2-7b-hf (a transformers directory, a GGUF file, a "
+            "yarn_jax model directory or a run workdir), or run the CPU-size version of the same code path, which "
+            f"needs none: --config {config_path}:runlocal")
     if c.init_from and not os.path.exists(c.init_from):
-        raise SystemExit(f"error: config.init_from {c.init_from!r} does not exist. Train or convert it first "
-                         f"(e.g. python -m yarn_jax.convert hf-to-orbax), or use --config {config_path}:runlocal")
+        raise UserError(f"config.init_from {c.init_from!r} does not exist. Train or convert it first "
+                        f"(e.g. python -m yarn_jax.convert hf-to-orbax), or use --config {config_path}:runlocal")
 
 
 def main(argv) -> None:
@@ -561,15 +542,12 @@ def main(argv) -> None:
     config = flags.FLAGS.config
     config_path = flags.FLAGS["config"].config_filename if hasattr(flags.FLAGS["config"], "config_filename") else ""
     workdir = flags.FLAGS.workdir or default_workdir(config, config_path or "run")
-    _require_checkpoint_for_7b(config, config_path or "the config")
     try:
-        validate_config(config)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-    try:
+        _require_checkpoint_for_7b(config, config_path or "the config")
         train(config, workdir)
-    except TrainingError as error:
-        raise SystemExit(f"error: {error}") from None
+    except (UserError, OSError, TrainingError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def run() -> None:
@@ -583,8 +561,11 @@ def run() -> None:
     def parse(argv):
         try:
             return flags.FLAGS(argv)
-        except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:  # a bad --config.KEY=VALUE
-            raise SystemExit(f"error: {argv[0]}: bad --config override: {type(error).__name__}: {error}") from None
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
+            # a bad --config.KEY=VALUE, or a config file that is missing or does not load
+            print(f"error: {argv[0]}: bad --config or override: {type(error).__name__}: {one_line(error)}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     app.run(main, flags_parser=parse)
 
