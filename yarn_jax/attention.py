@@ -33,29 +33,45 @@ from yarn_jax import sharding
 
 IMPLEMENTATIONS = ("xla", "chunked", "flash_cpu", "cudnn", "splash", "auto")
 _NEG = -1e30  # finite "minus infinity": keeps exp() and max() NaN-free on fully masked rows
-# chunked attention's default block: of the CPU shapes probed on 2026-11-25 (forward+backward of one
-# layer at B 8 T 512 H 4, B 4 T 1024 H 8, B 1 T 4096 H 8; blocks 64-512), 256 was never far from the
-# best, while 128 and 512 each lost badly at one end.
+# chunked attention's default block: across the CPU shapes probed (experiments/results/bench.md,
+# block size section) it was never far from the best, while smaller and larger blocks each lost
+# badly at one end of the range.
 DEFAULT_BLOCK_SIZE = 256
 _AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked on CPU
 
 
 def attention(q, k, v, *, segment_ids=None, sliding_window: int | None = None,
               implementation: str = "xla", block_size: int = DEFAULT_BLOCK_SIZE, scale: float | None = None):
-    """Causal self-attention over a whole sequence (training, prefill, evaluation)."""
+    """Causal self-attention over a whole sequence (training, prefill, evaluation).
+
+    The arguments are normalised here, once: ``scale`` defaults to 1/sqrt(head_dim), a missing
+    ``segment_ids`` becomes one segment (zeros) for the kernels that take an array, and a zero
+    ``sliding_window`` means none."""
     _check_shapes(q, k, v)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = default_scale(q, scale)
+    sliding_window = sliding_window or None
     implementation = resolve_implementation(implementation, q.shape[1], q.dtype, q.shape[-1])
     if implementation == "xla":
         idx = jnp.arange(q.shape[1])
         return dense_attention(q, k, v, idx, idx, segment_ids, segment_ids, sliding_window, scale)
-    if implementation == "chunked":
-        return chunked_attention(q, k, v, segment_ids, sliding_window, block_size, scale)
-    if implementation == "flash_cpu":
-        return _flash_cpu_sharded(q, k, v, segment_ids, sliding_window, scale)
-    if implementation == "cudnn":
+    if implementation == "cudnn":  # no segments: the fast causal path without an explicit mask
         return cudnn_attention(q, k, v, segment_ids, sliding_window, scale)
-    return splash_attention(q, k, v, segment_ids, sliding_window, scale)
+    segments = one_segment(q) if segment_ids is None else segment_ids.astype(jnp.int32)
+    if implementation == "chunked":
+        return chunked_attention(q, k, v, segments, sliding_window, block_size, scale)
+    if implementation == "flash_cpu":
+        return _flash_cpu_sharded(q, k, v, segments, sliding_window, scale)
+    return splash_attention(q, k, v, segments, sliding_window, scale)
+
+
+def default_scale(q, scale=None) -> float:
+    """The softmax scale: 1/sqrt(head_dim) unless given."""
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
+def one_segment(q) -> jax.Array:
+    """Segment ids [B, T] putting every token in one document (the kernels that take an array)."""
+    return jnp.zeros(q.shape[:2], jnp.int32)
 
 
 def resolve_implementation(implementation: str, seq_len: int, dtype=jnp.float32, head_dim: int = 64) -> str:
@@ -109,8 +125,8 @@ def _group(q, num_kv_heads):
 
 def _heads_first(q, num_kv_heads):
     """[B, T, H, D] -> [B, K, G*T, D]: each kv head's G query heads stacked along the query axis,
-    so logits are one plain batched matmul per (batch, kv head) -- XLA's CPU backend runs that
-    layout 2-3x faster than a 5-D einsum."""
+    so logits are one plain batched matmul per (batch, kv head), which XLA's CPU backend runs
+    much faster than a 5-D einsum (bench.md, attention layout)."""
     b, t, h, d = q.shape
     g = h // num_kv_heads
     return q.reshape(b, t, num_kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, num_kv_heads, g * t, d)
@@ -125,7 +141,7 @@ def _heads_last(out, t, h):
 def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None, scale=None):
     """Reference attention with explicit token indices (also the KV-cache decoding path, where
     q_idx are the new tokens' indices and kv_idx the cache slots)."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = default_scale(q, scale)
     b, t, h, _ = q.shape
     kv_heads = k.shape[2]
     qh = _heads_first(q, kv_heads)
@@ -145,12 +161,11 @@ def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None
 
 def chunked_attention(q, k, v, segment_ids=None, sliding_window=None, block_size=DEFAULT_BLOCK_SIZE, scale=None):
     """O(T)-memory causal attention (forward and backward). Equals ``dense_attention``."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = default_scale(q, scale)
     b, t, h, d = q.shape
     block = max(1, min(block_size, t))
     padded = -(-t // block) * block
-    if segment_ids is None:
-        segment_ids = jnp.zeros((b, t), jnp.int32)
+    segment_ids = one_segment(q) if segment_ids is None else segment_ids
     if padded != t:
         # Padded keys sit after every real query, so the causal mask already hides them.
         pad = [(0, 0), (0, padded - t), (0, 0), (0, 0)]
@@ -243,10 +258,6 @@ def _chunked_forward(q, k, v, seg, window, block, scale):
     return out, (qh, kh, vh, seg, out_h, lse)
 
 
-def _chunked_fwd(q, k, v, seg, window, block, scale):
-    return _chunked_forward(q, k, v, seg, window, block, scale)
-
-
 def _chunked_bwd(window, block, scale, residuals, dout):
     qh, kh, vh, seg, out_h, lse = residuals
     b, kv_heads, groups, t, d = qh.shape
@@ -286,7 +297,7 @@ def _chunked_bwd(window, block, scale, residuals, dout):
     return dq.astype(qh.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype), None
 
 
-_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+_chunked.defvjp(_chunked_forward, _chunked_bwd)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,8 +313,6 @@ def _flash_cpu_sharded(q, k, v, segment_ids, sliding_window, scale):
     kernel = functools.partial(flash_cpu.flash_attention, sliding_window=sliding_window, scale=scale)
     if mesh is None:
         return kernel(q, k, v, segment_ids)
-    if segment_ids is None:
-        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
     batch = sharding.logical_to_spec(("batch",), q.shape[:1], mesh)[0]
     # Heads split only where both query and kv heads divide evenly, so each device keeps whole groups.
     heads = sharding.logical_to_spec(("heads",), (math.gcd(q.shape[2], k.shape[2]),), mesh)[0]
@@ -340,7 +349,7 @@ def splash_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None,
     b, t, h, d = q.shape
     if t % 128:
         raise ValueError(f"attention='splash' needs a sequence length divisible by 128; got {t}")
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    scale = default_scale(q, scale)
     if sliding_window:
         head_mask = mask_lib.LocalMask((t, t), window_size=(sliding_window - 1, 0), offset=0)
     else:
@@ -350,8 +359,7 @@ def splash_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None,
                                   block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
     kernel = kernel_lib.make_splash_mha(mask_lib.MultiHeadMask([head_mask] * h), block_sizes=sizes,
                                         head_shards=1, q_seq_shards=1, interpret=interpret)
-    if segment_ids is None:
-        segment_ids = jnp.zeros((b, t), jnp.int32)
+    segment_ids = one_segment(q) if segment_ids is None else segment_ids
 
     def one(qb, kb, vb, seg):  # [T, H, D] -> heads first, as the kernel expects
         ids = kernel_lib.SegmentIds(q=seg, kv=seg)

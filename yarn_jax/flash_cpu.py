@@ -4,9 +4,8 @@ called through the XLA FFI, with the same masks and results as ``attention.chunk
 Why it exists: on CPU, XLA runs the pure-JAX blockwise kernel as one op per block product, so
 every score tile of every (batch, head) leaves the cache between ops; the fused kernel keeps one
 (batch, head, 64-query tile) in cache from QK^T through the online softmax to PV, and its backward
-recomputes each tile pair once for dQ, dK and dV (FlashAttention-2). Forward+backward at B 4,
-T 1024, 8 heads on the 2-core development machine: 0.15 s against 0.39 s for ``chunked`` and
-0.17 s for PyTorch's CPU flash kernel (experiments/results/bench.md has the full table).
+recomputes each tile pair once for dQ, dK and dV (FlashAttention-2). How it compares with
+``chunked`` and PyTorch's CPU flash kernel: experiments/results/bench.md (bench_attention.py).
 
 The kernel is compiled on first use with the machine's C++ compiler (``$CXX``, else g++ / c++ /
 clang++) against the installed jaxlib's FFI headers, for this CPU (``-march=native``), and cached
