@@ -126,6 +126,8 @@ def read_config(path: str, kind: str | None = None) -> model_lib.ModelConfig:
             return hf.config_from_hf(reader.hf_config, where=path)
         finally:
             reader.close()
+    if kind == "workdir" and latest_step(path) is None:
+        raise UserError(f"{path}: the training workdir has no checkpoint yet (checkpoints/ is empty)")
     return config_from_dict(_read_json(os.path.join(path, CONFIG_FILE)), where=os.path.join(path, CONFIG_FILE))
 
 

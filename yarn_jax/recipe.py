@@ -226,6 +226,7 @@ def check_workdir(c, workdir: str) -> None:
     now = _flat(json.loads(c.to_json_best_effort()))
     changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)
                and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
+    changed.sort(key=lambda k: (k not in before or k not in now))  # fields both have first: the real changes
     if changed:
         shown = "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in changed[:4])
         raise UserError(f"--workdir {workdir!r} holds another run's config ({shown}); use a new --workdir, or "

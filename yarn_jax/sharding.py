@@ -47,12 +47,15 @@ def mesh_shape(sizes: dict, num_devices: int) -> dict[str, int]:
     if any(size == 0 or size < -1 for size in shape.values()):
         raise UserError(f"config.mesh: sizes must be positive or -1; got {shape}")
     known = math.prod(size for size in shape.values() if size != -1)
+    fixed = " x ".join(f"{axis} {size}" for axis, size in shape.items() if size != -1)
     if fill:
         if num_devices % known:
-            raise UserError(f"config.mesh: {num_devices} devices are not divisible by the fixed axes' {known}")
+            raise UserError(f"config.mesh: {fixed} = {known} does not divide the {num_devices} devices of this run; "
+                            f"choose sizes whose product divides {num_devices} (the -1 axis, {fill[0]}, takes the rest)")
         shape[fill[0]] = num_devices // known
     if math.prod(shape.values()) != num_devices:
-        raise UserError(f"config.mesh: {shape} uses {math.prod(shape.values())} devices; this run has {num_devices}")
+        raise UserError(f"config.mesh: {fixed} uses {known} devices; this run has {num_devices}: make the product "
+                        f"{num_devices}, or set one axis to -1 to take the rest")
     return shape
 
 

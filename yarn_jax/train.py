@@ -539,8 +539,18 @@ def main(argv) -> None:
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
 
-    config = flags.FLAGS.config
     config_path = flags.FLAGS["config"].config_filename if hasattr(flags.FLAGS["config"], "config_filename") else ""
+    try:
+        file = config_path.partition(":")[0]
+        if file and not os.path.isfile(file):
+            raise UserError(f"--config {config_path}: no such file (configs are Python files with get_config(), "
+                            f"e.g. configs/yarn_32k.py[:runlocal])")
+        config = flags.FLAGS.config
+        config.get("name")  # the flag loads the file lazily: a config that fails to load fails here
+    except Exception as error:  # a missing file, or whatever the config file's own code raised
+        text = str(error) if isinstance(error, UserError) else f"--config {config_path}: {one_line(error)}"
+        print(f"error: {text}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     workdir = flags.FLAGS.workdir or default_workdir(config, config_path or "run")
     try:
         _require_checkpoint_for_7b(config, config_path or "the config")
