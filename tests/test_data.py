@@ -47,6 +47,18 @@ def test_splits_are_disjoint_stable_and_cover_the_source(corpus):
     assert data_lib.validation_split_of("some/doc.py") == data_lib.validation_split_of("some/doc.py")
 
 
+@pytest.mark.parametrize("count", [2, 3, 5, 10, 43])
+def test_a_small_corpus_always_has_both_splits_whatever_its_order(count):
+    rng = np.random.default_rng(count)
+    for trial in range(20):
+        names = [f"book-{trial}-{rng.integers(1 << 30)}.txt" for _ in range(count)]
+        splits = data_lib.assign_splits(names)
+        assert set(splits.values()) == {"train", "validation"}, names
+        shuffled = list(rng.permutation(names))
+        assert data_lib.assign_splits(shuffled) == splits  # independent of file order
+    assert data_lib.assign_splits(["only.txt"]) == {"only.txt": data_lib.validation_split_of("only.txt")}
+
+
 def test_non_utf8_and_binary_files_are_skipped_and_counted(corpus):
     skipped = data_lib.SkipCounter()
     docs = list(data_lib.iter_documents(f"text:{corpus}", skipped=skipped))
@@ -145,8 +157,13 @@ def test_prepare_then_load_equals_tokenizing_in_memory(tmp_path, corpus, capsys)
     with open(os.path.join(out, "meta.json")) as f:
         meta = json.load(f)
     assert meta["splits"]["train"]["skipped_files"] + meta["splits"]["validation"]["skipped_files"] == 2
+    printed = capsys.readouterr().out
+    for split in data_lib.SPLITS:  # documents and tokens per split
+        info = meta["splits"][split]
+        assert f"{split}: {info['documents']:,} documents, {info['tokens']:,} tokens" in printed
     assert data_lib.main(["stats", "--data", f"tokens:{out}"]) == 0
-    assert ">=  1,024 tokens" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert ">=  1,024 tokens" in printed and "train: documents" in printed and "validation: documents" in printed
     assert data_lib.main(["prepare", "--data", f"text:{corpus}", "--out", out]) == 2  # never overwrite
 
 
