@@ -182,3 +182,59 @@ def test_a_workdir_without_a_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "model_config.json").write_text("{}")
     code = evaluate.main(["perplexity", "--checkpoint", str(tmp_path), "--lengths", "64"])
     assert code == 2 and "no checkpoint yet" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Batching, memory
+# ------------------------------------------------------------------------------------------------
+
+
+def test_batches_hold_only_real_windows_and_batching_changes_no_number(monkeypatch):
+    config = model_lib.ModelConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2,
+                                   rope="dynamic_yarn:original_max_position_embeddings=16")
+    from flax import nnx
+
+    model = model_lib.Decoder(config, rngs=nnx.Rngs(0))
+    split = _split(np.random.default_rng(2), [90, 70, 64, 150, 40])
+    seen = []
+    real_batch = evaluate._window_batch
+    monkeypatch.setattr(evaluate, "_window_batch", lambda s, w, d, n: seen.append(len(w)) or real_batch(s, w, d, n))
+    results = {b: evaluate.perplexity(model, split, [0, 1, 2, 3, 4], 32, stride=8, batch_size=b)
+               for b in (1, 4, 64)}
+    windows = results[1]["windows"]
+    assert seen[: windows] == [1] * windows  # batch 1: one window per pass
+    assert seen[windows:windows + -(-windows // 4)] == [4] * (windows // 4) + ([windows % 4] if windows % 4 else [])
+    assert seen[-1] == windows  # the whole lot in one pass, no copies
+    for b in (4, 64):
+        assert results[b]["ppl"] == pytest.approx(results[1]["ppl"], rel=1e-6)
+    assert evaluate.batch_rows(3, 4096) == 2 and evaluate.batch_rows(100, 256) == 32 and evaluate.batch_rows(1, 64) == 1
+
+
+@pytest.mark.parametrize("attention", ["xla", "chunked"])
+def test_memory_estimate_bounds_what_xla_allocates(attention):
+    import jax
+    from flax import nnx
+
+    config = model_lib.ModelConfig(vocab_size=3001, hidden_size=64, intermediate_size=160, num_layers=2, num_heads=4,
+                                   num_kv_heads=2, attention=attention, attention_block_size=64)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0))))
+    for rows, length in [(1, 256), (3, 512), (2, 4096)]:
+        ids = jax.ShapeDtypeStruct((rows, length), np.int32)
+        compiled = evaluate._token_losses_fn(graphdef).lower(state, ids, ids, jax.ShapeDtypeStruct((rows,), np.int32)).compile()
+        analysis = compiled.memory_analysis()
+        xla = analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+        estimate = evaluate.memory_estimate(config, rows, length)
+        assert xla <= estimate <= 4 * xla, (rows, length, xla, estimate)
+
+
+def test_a_run_that_would_not_fit_is_refused_naming_what_to_change():
+    config = model_lib.ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                                   num_heads=9, num_kv_heads=3, attention="xla")
+    with pytest.raises(evaluate.EvalError, match=r"--lengths 32768: needs about .* GiB .* Try --attention auto"):
+        evaluate.check_memory(config, [4096, 32768], {4096: 1, 32768: 1}, 0, "perplexity", available=20 * 2**30)
+    fits = evaluate.check_memory(config.replace(attention="chunked"), [4096, 32768], {4096: 8, 32768: 1}, 0,
+                                 "perplexity", available=20 * 2**30)
+    assert fits == {4096: 2, 32768: 1}
+    squeezed = evaluate.check_memory(config.replace(attention="chunked"), [4096], {4096: 8}, 0, "perplexity",
+                                     available=int(2.3 * 2**30))
+    assert squeezed == {4096: 1}  # the automatic batch shrinks to fit

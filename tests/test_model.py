@@ -248,3 +248,18 @@ def test_chunked_token_losses_equal_the_full_cross_entropy_and_its_gradients():
         np.testing.assert_allclose(got, want, rtol=1e-6)
         for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
             np.testing.assert_allclose(g, w, atol=1e-7)
+
+
+@pytest.mark.parametrize("rope", ["default", "dynamic_yarn:original_max_position_embeddings=16"])
+def test_padded_prompts_share_one_program_and_generate_the_same_tokens(rope):
+    """prefill runs the model's own (flash/chunked) kernel over a right-padded prompt buffer; the
+    padding never reaches the real tokens, and the next-token logits equal a full forward's."""
+    model = _tiny(rope, initializer_range=0.3, attention="chunked", attention_block_size=8)
+    prompt = jnp.asarray(np.random.default_rng(9).integers(0, 61, (1, 21)))
+    padded = jnp.concatenate([prompt, jnp.full((1, 11), 7, jnp.int32)], axis=1)
+    np.testing.assert_array_equal(model_lib.generate(model, padded, 12, prompt_length=21),
+                                  model_lib.generate(model, prompt, 12))
+    cache = model_lib.init_cache(model.config, 1, 40)
+    logits, cache = nnx.jit(lambda m, ids, c: m.prefill(ids, c, jnp.int32(21)))(model, padded, cache)
+    np.testing.assert_allclose(logits, model(prompt)[:, -1], atol=2e-5)
+    assert int(cache["index"]) == 21

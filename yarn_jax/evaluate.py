@@ -132,6 +132,7 @@ def _window_batch(split, windows: list[Window], doc_ids: list[int], length: int)
 
 
 LOSS_CHUNK = 2048  # positions per row whose logits exist at once (a 32k-token row at a 32k vocabulary: 4 GiB)
+TOKENS_PER_BATCH = 8192  # automatic batch rows: enough for efficient matmuls at short lengths, 1 row at long ones
 
 
 @functools.lru_cache(maxsize=32)
@@ -154,28 +155,68 @@ def _token_losses_fn(graphdef):
     return losses
 
 
+def batch_rows(num_windows: int, length: int, batch_size: int = 0) -> int:
+    """Rows per forward pass: ``batch_size``, or (0) as many as keep ~TOKENS_PER_BATCH tokens in
+    flight; never more than there are windows (a batch is never padded with copies)."""
+    rows = batch_size or max(1, TOKENS_PER_BATCH // length)
+    return max(1, min(rows, num_windows))
+
+
+def memory_estimate(config: model_lib.ModelConfig, rows: int, length: int) -> int:
+    """Bytes an evaluation forward pass of ``rows`` x ``length`` tokens needs (parameters included),
+    erring high: it decides whether a run may start. XLA's own analysis of the compiled program
+    stays below it (tests/test_evaluate.py checks). Memory grows linearly in the length except with
+    the dense ``xla`` attention kernel, whose [T, T] logits grow quadratically."""
+    c = config
+    params = c.num_params * (jnp.dtype(c.param_dtype).itemsize + (jnp.dtype(c.dtype).itemsize
+                                                                   if c.dtype != c.param_dtype else 0))
+    logits = 2 * min(LOSS_CHUNK, length) * c.vocab_size * 4  # a chunk's float32 logits and their exp
+    activations = length * (c.intermediate_size + 4 * c.hidden_size + 2 * c.num_heads * c.head_dim) * 4
+    attention = 0
+    kernel = attention_lib.resolve_implementation(c.attention, length, jnp.dtype(c.dtype), c.head_dim)
+    if kernel == "xla":
+        attention = 2 * c.num_heads * length * length * 4
+    elif kernel == "chunked":
+        attention = 4 * c.num_heads * length * c.attention_block_size * 4
+    return int(params + rows * (logits + activations + attention))
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: int, *, stride: int = 256,
-               truncate: bool = False, batch_size: int = 8, mean: str = "token", progress=None) -> dict:
-    """Sliding-window perplexity of ``model`` over documents ``doc_ids`` at one window length."""
+               truncate: bool = False, batch_size: int = 0, mean: str = "token", progress=None) -> dict:
+    """Sliding-window perplexity of ``model`` over documents ``doc_ids`` at one window length.
+
+    Windows go through in batches of ``batch_rows`` rows; the last batch holds only what is left
+    (its own compiled shape), so no forward pass is spent on padding copies."""
     windows = [w for i, d in enumerate(doc_ids)
                for w in sliding_windows(int(split.lengths()[d]), length, stride, truncate, document=i)]
+    rows = batch_rows(len(windows), length, batch_size)
     graphdef, state = nnx.split(model)
     losses_fn = _token_losses_fn(graphdef)
     total, count, window_means = 0.0, 0, []
     bucket_sum, bucket_count = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
     tail_sum, tail_count = 0.0, 0
     tail = max(1, min(stride, length // 8))
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
-        pad = batch_size - len(chunk)  # one compiled shape per length
-        inputs, targets, scored, true_len = _window_batch(split, chunk + chunk[-1:] * pad, doc_ids, length)
+    for start in range(0, len(windows), rows):
+        chunk = windows[start:start + rows]
+        inputs, targets, scored, true_len = _window_batch(split, chunk, doc_ids, length)
         losses = losses_fn(state, inputs, targets, true_len)
         if jax.process_count() > 1:  # sharded over hosts (the trainer's eval hook): gather the rows
             from jax.experimental import multihost_utils
 
             losses = multihost_utils.process_allgather(losses, tiled=True)
         losses = np.asarray(losses, np.float64)[: len(chunk)]
-        scored = scored[: len(chunk)]
         total += float(losses[scored].sum())
         count += int(scored.sum())
         window_means.extend(float(losses[r][scored[r]].mean()) for r in range(len(chunk)))
@@ -192,7 +233,7 @@ def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: in
     mean_loss = total / count if mean == "token" else float(np.mean(window_means))
     return {
         "length": length, "ppl": math.exp(mean_loss), "loss": mean_loss, "tokens": count, "windows": len(windows),
-        "documents": len(doc_ids), "mean": mean,
+        "documents": len(doc_ids), "mean": mean, "batch_rows": rows,
         "bucket_loss": [float(s / c) if c else None for s, c in zip(bucket_sum, bucket_count)],
         f"tail_loss_last_{tail}": tail_sum / max(tail_count, 1),
     }
@@ -237,40 +278,71 @@ def _digit_token_ids(tokenizer) -> list[int] | None:
     return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
 
 
+ANSWER_SLOTS = 16  # room after the prompt for the teacher-forced answer (" 12345" is 2-6 tokens)
+
+
+@functools.lru_cache(maxsize=32)
+def _answer_logprobs_fn(graphdef):
+    """Log-probabilities [n, vocab] at ``positions`` of one right-padded sequence [1, W] whose first
+    ``length`` tokens are real (the rope runs at that length): logits exist for those n positions
+    only, never [W, vocab]."""
+
+    @jax.jit
+    def logprobs(state, ids, positions, length):
+        model = nnx.merge(graphdef, state)
+        hidden = model.hidden_states(ids, rope_seq_len=length)
+        return jax.nn.log_softmax(model._logits(hidden[:, positions])[0], axis=-1)
+
+    return logprobs
+
+
 def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, depths: list[float] | None = None,
             new_tokens: int = 10, progress=None) -> dict:
-    """Passkey accuracy at one prompt length: generation and digit-rank scoring."""
+    """Passkey accuracy at one prompt length: greedy generation, the key's log-probability and
+    digit-rank scoring under teacher forcing.
+
+    Every prompt is right-padded to ``length`` tokens, so all trials at a length share one
+    compiled program; generation prefills the prompt through the model's attention kernel
+    (``Decoder.prefill``: O(length) memory). Length-dependent rope methods generate with keys
+    cached at the frequencies of the step that wrote them (``dynamic_cache="transformers"``, what
+    transformers and the YaRN repository do; exact recomputation would cost a full forward pass per
+    generated token, and over ~10 tokens the frequencies move by ~10/length)."""
     rng = np.random.default_rng(seed + length)
     repeats = _repeats_for(tokenizer, length)
     digit_ids = _digit_token_ids(tokenizer)
+    if model.config.rope.is_length_dependent:
+        model = model_lib.with_config(model, model.config.replace(dynamic_cache="transformers"))
     graphdef, state = nnx.split(model)
-    scorer = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
+    scorer = _answer_logprobs_fn(graphdef)
+    pad = tokenizer.pad_id
     rows = []
     for trial in range(trials):
         key = int(rng.integers(10000, 100000))
         depth = float(depths[trial % len(depths)]) if depths else float(rng.uniform(0, 1))
         prompt_ids = [tokenizer.bos_id] + tokenizer.encode(passkey_prompt(key, repeats, depth))
-        generated = np.asarray(model_lib.generate(model, np.asarray([prompt_ids]), new_tokens))[0]
+        padded = np.asarray([prompt_ids + [pad] * (length - len(prompt_ids))], np.int32)
+        generated = np.asarray(model_lib.generate(model, padded, new_tokens, prompt_length=len(prompt_ids)))[0]
         text = tokenizer.decode(generated)
         found = re.search(r"\d+", text)
         row = {"key": key, "depth": depth, "prompt_tokens": len(prompt_ids), "generated": text,
                "correct": bool(found and int(found.group()) == key)}
+        answer = tokenizer.encode(" " + str(key))[:ANSWER_SLOTS]
+        full = prompt_ids + answer
+        ids = np.asarray([full + [pad] * (length + ANSWER_SLOTS - len(full))], np.int32)
+        at = np.asarray([len(prompt_ids) - 1 + j for j in range(len(answer))]
+                        + [0] * (ANSWER_SLOTS - len(answer)), np.int32)  # position j predicts answer[j]
+        logprobs = np.asarray(scorer(state, ids, at, jnp.int32(len(full))))[: len(answer)]
+        row["key_logprob"] = float(sum(logprobs[j, t] for j, t in enumerate(answer)))
         if digit_ids is not None:
-            answer = tokenizer.encode(" " + str(key))
-            full = np.asarray([prompt_ids + answer], np.int32)
-            logits = np.asarray(scorer(state, full))[0]
-            digits_at = [len(prompt_ids) - 1 + j for j, t in enumerate(answer) if t in digit_ids]
-            hits = []
-            for position in digits_at:
-                correct = full[0, position + 1]
-                scores = logits[position, digit_ids]
-                hits.append(int(digit_ids[int(np.argmax(scores))] == correct))
+            hits = [int(digit_ids[int(np.argmax(logprobs[j, digit_ids]))] == t)
+                    for j, t in enumerate(answer) if t in digit_ids]
             row["digit_accuracy"] = float(np.mean(hits)) if hits else None
         rows.append(row)
         if progress is not None:
             progress.update(1)
     result = {"length": length, "trials": trials, "accuracy": float(np.mean([r["correct"] for r in rows])),
-              "prompt_tokens": int(np.mean([r["prompt_tokens"] for r in rows])), "trials_detail": rows}
+              "prompt_tokens": int(np.mean([r["prompt_tokens"] for r in rows])),
+              "key_logprob": float(np.mean([r["key_logprob"] for r in rows])), "trials_detail": rows}
     if digit_ids is not None:
         result["digit_accuracy"] = float(np.mean([r["digit_accuracy"] for r in rows]))
     return result
@@ -360,7 +432,7 @@ def _check_args(args) -> list[int]:
     lengths = _parse_lengths(args.lengths)
     for name in ("samples", "trials", "depths", "batch_size", "min_doc_tokens"):
         value = getattr(args, name)
-        minimum = 1 if name in ("trials", "batch_size") else 0
+        minimum = 1 if name == "trials" else 0
         if value < minimum:
             raise EvalError(f"--{name.replace('_', '-')} {value}: must be an integer >= {minimum}")
     if args.stride is None:
@@ -376,6 +448,41 @@ def _check_args(args) -> list[int]:
         if path and os.path.isdir(path):
             raise EvalError(f"--{flag} {path!r}: is a directory; give a file path")
     return lengths
+
+
+def check_memory(config: model_lib.ModelConfig, lengths: list[int], windows: dict, batch_size: int, task: str,
+                 available: int | None = None) -> dict[int, int]:
+    """Rows per forward pass for each length, within the machine's available memory: an explicit
+    --batch-size must fit; the automatic one shrinks until it does. Refuses, before any weights are
+    loaded, a length that does not fit even one row at a time, naming what to change."""
+    available = available_memory() if available is None else available
+    budget = None if available is None else int(0.85 * available)
+    rows = {}
+    for length in lengths:
+        width = length + ANSWER_SLOTS if task == "passkey" else length
+        want = 1 if task == "passkey" else batch_rows(windows[length], length, batch_size)
+        need = memory_estimate(config, want, width)
+        if task == "passkey":  # the KV cache of generation
+            need += 2 * config.num_layers * width * config.num_kv_heads * config.head_dim * jnp.dtype(config.dtype).itemsize
+        while budget is not None and need > budget and want > 1 and not batch_size:
+            want = max(1, want // 2)
+            need = memory_estimate(config, want, width)
+        if budget is not None and need > budget:
+            gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+            hints = []
+            if batch_size > 1:
+                hints.append("a smaller --batch-size (or 0: automatic)")
+            if attention_lib.resolve_implementation(config.attention, length, jnp.dtype(config.dtype),
+                                                    config.head_dim) == "xla":
+                hints.append("--attention auto (the dense xla kernel's logits grow as length squared)")
+            if config.dtype == "float32":
+                hints.append("--dtype bfloat16")
+            hints.append("shorter --lengths")
+            raise EvalError(f"--lengths {length}: needs about {gib(need)} ({want} row(s) of {width} tokens, "
+                            f"attention {config.attention}, {config.dtype}); this machine has {gib(available)} "
+                            f"available. Try {', or '.join(hints)}")
+        rows[length] = want
+    return rows
 
 
 def default_split(source: str) -> str | None:
@@ -399,10 +506,17 @@ def run(args) -> dict:
         split = data_lib.load_split(args.data, tokenizer, split_name)
         min_tokens = args.min_doc_tokens or lengths[-1]
         doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
-        scored = int(split.lengths()[doc_ids].sum())
         print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
-              f">= {min_tokens} tokens: {scored:,} tokens to score per method and length", flush=True)
-    runtime = {"attention": args.attention} if args.attention else {}
+              f">= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
+    runtime = {"attention": args.attention or "auto"}
+    if args.dtype:
+        runtime.update(dtype=args.dtype, param_dtype=args.dtype)
+    config = model_lib.configure(own_config, **runtime)
+    windows = {}
+    for length in lengths:
+        windows[length] = (sum(len(sliding_windows(int(split.lengths()[d]), length, args.stride, args.truncate))
+                               for d in doc_ids) if args.task == "perplexity" else 1)
+    rows = check_memory(config, lengths, windows, args.batch_size, args.task)
     model, config, _ = checkpoint_lib.load(path, **runtime)
     results = []
     if args.task == "perplexity":
@@ -414,7 +528,7 @@ def run(args) -> dict:
                 with Progress(todo, f"{label} @ {length}", "tok") as bar:
                     start = time.perf_counter()
                     row = perplexity(variant, split, doc_ids, length, stride=args.stride, truncate=args.truncate,
-                                     batch_size=args.batch_size, mean=args.mean, progress=bar)
+                                     batch_size=rows[length], mean=args.mean, progress=bar)
                 row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
                 results.append(row)
         metric = "ppl"
@@ -475,7 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default: the first ones)")
     parser.add_argument("--min-doc-tokens", type=int, default=0, help="default: the largest length")
     parser.add_argument("--mean", choices=("token", "window"), default="token")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="windows per forward pass (default 0: automatic, within the machine's memory)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute and parameter dtype (default: float32)")
     parser.add_argument("--trials", type=int, default=10, help="passkey trials per length")
     parser.add_argument("--depths", type=int, default=0, help="passkey: evenly spaced depths (0: random)")
     parser.add_argument("--seed", type=int, default=0)

@@ -246,7 +246,9 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
         return q, k, v
 
-    def __call__(self, x, rotary: Rotary, segment_ids=None):
+    def __call__(self, x, rotary: Rotary, segment_ids=None, return_kv: bool = False):
+        """Attention over the whole sequence; with ``return_kv`` also its rotated keys and values
+        (what a KV cache holds: ``Decoder.prefill``)."""
         c = self.config
         q, k, v = self._qkv(x)
         q = sharding.constrain(rotary.rotate(q), ("batch", "length", "heads", None))
@@ -256,7 +258,8 @@ class Attention(nnx.Module):
         out = attention_lib.attention(q, k, v, segment_ids=segment_ids,
                                       sliding_window=c.sliding_window, implementation=c.attention,
                                       block_size=c.attention_block_size)
-        return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1))
+        out = self.o_proj(out.reshape(x.shape[0], x.shape[1], -1))
+        return (out, k, v) if return_kv else out
 
     def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
         """New tokens x [B, t, E] at cache slots index..index+t-1: their rotated keys and values are
@@ -281,6 +284,12 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x, rotary: Rotary, segment_ids=None):
         x = x + self.self_attn(self.input_layernorm(x), rotary, segment_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_kv(self, x, rotary: Rotary):
+        """``__call__`` that also returns the layer's rotated keys and values."""
+        h, k, v = self.self_attn(self.input_layernorm(x), rotary, return_kv=True)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
     def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
         h, cache_k, cache_v = self.self_attn.decode(self.input_layernorm(x), rotary, cache_k, cache_v, index)
@@ -345,6 +354,38 @@ class Decoder(nnx.Module):
             x = sharding.constrain(forward(layer, x, rotary, segment_ids), ("batch", "length", "embed"))
         return x
 
+    def prefill(self, input_ids, cache: dict, length=None):
+        """Fills an empty ``cache`` with tokens [B, S] (S <= cache size) in one causal forward pass
+        through the model's own attention kernel: O(S) memory with a flash kernel, where decoding
+        a long prompt token by token (or as one dense block) would need [S, S] attention logits.
+
+        Only the first ``length`` tokens (default S; may be traced, so prompts of any length up to
+        S share one compiled program) count: the rest is padding, which causal attention keeps
+        out of them and which later decoding steps overwrite. Returns float32 logits [B, vocab] of
+        position ``length - 1`` (the next token's) and the cache, positioned at ``length``.
+        """
+        length = input_ids.shape[1] if length is None else length
+        hidden, cache = self._prefill(input_ids, cache, length)
+        last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
+        return self._logits(last)[:, 0], cache
+
+    def _prefill(self, input_ids, cache: dict, length):
+        """Hidden states [B, S, hidden] of the tokens and the cache holding their keys and values."""
+        c = self.config
+        b, s = input_ids.shape
+        positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+        rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
+        x, ks, vs = self._embed(input_ids), [], []
+        for layer in self.layers:
+            x, k, v = layer.forward_kv(x, rotary)
+            ks.append(k.astype(cache["k"].dtype))
+            vs.append(v.astype(cache["v"].dtype))
+        put = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(buffer, new, 0, axis=2)  # noqa: E731
+        tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32), 0, axis=1)
+        length = jnp.asarray(length, jnp.int32)
+        return x, dict(cache, k=put(cache["k"], jnp.stack(ks)), v=put(cache["v"], jnp.stack(vs)), tokens=tokens,
+                       index=length, rope_len=length)
+
     def decode(self, input_ids, cache: dict):
         """Cached decoding of t new tokens [B, t] after ``cache["index"]`` tokens. Returns float32
         logits [B, t, vocab] and the updated cache.
@@ -367,10 +408,11 @@ class Decoder(nnx.Module):
         unchanged = jnp.all(now == then) & (now_scale == then_scale)
 
         def recompute(cache):
-            empty = dict(cache, k=jnp.zeros_like(cache["k"]), v=jnp.zeros_like(cache["v"]), index=jnp.int32(0))
-            logits, full = self._decode_cached(cache["tokens"], empty, seq_len)
-            logits = jax.lax.dynamic_slice_in_dim(logits, cache["index"], input_ids.shape[1], axis=1)
-            return logits, dict(full, index=seq_len, rope_len=seq_len)
+            # One causal pass over the whole token buffer at the new length (tokens past seq_len
+            # are padding that causal attention keeps out), through prefill's O(T)-memory path.
+            hidden, full = self._prefill(cache["tokens"], cache, seq_len)
+            hidden = jax.lax.dynamic_slice_in_dim(hidden, cache["index"], input_ids.shape[1], axis=1)
+            return self._logits(hidden), full
 
         return jax.lax.cond(unchanged, lambda cache: self._decode_cached(input_ids, cache, seq_len), recompute, cache)
 
@@ -447,24 +489,28 @@ def with_rope(model: Decoder, spec) -> Decoder:
 
 
 def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
-             seed: int = 0, cache_size: int | None = None):
-    """Greedy (temperature 0) or sampled continuation of equal-length prompts int [B, P].
+             seed: int = 0, prompt_length: int | None = None):
+    """Greedy (temperature 0) or sampled continuation of prompts int [B, W]. Returns int32
+    [B, max_new_tokens].
 
-    Returns int32 [B, max_new_tokens]. One jit-compiled program per (shapes, sampling mode): the
-    prompt is prefilled in one pass into a fixed-size KV cache (default P + max_new_tokens), then
-    one token per step in a ``lax.scan``.
+    The prompts are the first ``prompt_length`` tokens of each row (default W; the rest is
+    padding): prompts of different lengths padded to one width W share one compiled program,
+    (shapes, sampling mode). The prompt is prefilled in one causal pass through the model's
+    attention kernel (``Decoder.prefill``) into a KV cache of W + max_new_tokens slots; then one
+    token per step in a ``lax.scan``.
     """
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
         raise ValueError(f"generate: prompt_ids must be int [B, P] with P >= 1; got shape {prompt_ids.shape}")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1; got {max_new_tokens}")
-    cache_size = cache_size or prompt_ids.shape[1] + max_new_tokens
-    if cache_size < prompt_ids.shape[1] + max_new_tokens:
-        raise ValueError(f"generate: cache_size {cache_size} < prompt {prompt_ids.shape[1]} + new {max_new_tokens}")
+    width = prompt_ids.shape[1]
+    prompt_length = width if prompt_length is None else int(prompt_length)
+    if not 1 <= prompt_length <= width:
+        raise ValueError(f"generate: prompt_length must be in [1, {width}]; got {prompt_length}")
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, prompt_ids, jax.random.key(seed), max_new_tokens=max_new_tokens,
-                     cache_size=cache_size, temperature=float(temperature), top_k=top_k)
+    return _generate(graphdef, state, prompt_ids, jnp.int32(prompt_length), jax.random.key(seed),
+                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k)
 
 
 def _sample(logits, key, temperature, top_k):
@@ -477,13 +523,13 @@ def _sample(logits, key, temperature, top_k):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "cache_size", "temperature", "top_k"))
-def _generate(graphdef, state, prompt_ids, key, *, max_new_tokens, cache_size, temperature, top_k):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
+def _generate(graphdef, state, prompt_ids, prompt_length, key, *, max_new_tokens, temperature, top_k):
     model = nnx.merge(graphdef, state)
-    cache = init_cache(model.config, prompt_ids.shape[0], cache_size)
+    cache = init_cache(model.config, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
     keys = jax.random.split(key, max_new_tokens)
-    logits, cache = model.decode(prompt_ids, cache)
-    first = _sample(logits[:, -1], keys[0], temperature, top_k)
+    logits, cache = model.prefill(prompt_ids, cache, prompt_length)
+    first = _sample(logits, keys[0], temperature, top_k)
 
     def step(carry, step_key):
         token, cache = carry

@@ -38,6 +38,7 @@ class Progress:
         self.file = file or sys.stderr
         self.disable = disable
         self.n = 0
+        self._printed = 0  # n when the last plain line was printed
         self.postfix = ""
         self.start = self._last = time.perf_counter()
         self._bar = None
@@ -82,14 +83,14 @@ class Progress:
         return text + (f", {self.postfix}" if self.postfix else "")
 
     def _print(self) -> None:
-        self._last = time.perf_counter()
+        self._last, self._printed = time.perf_counter(), self.n
         print(self.line(), file=self.file, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif not self.disable and self.n:
+        elif not self.disable and self.n != self._printed:
             self._print()
         self.disable = True
 

@@ -12,6 +12,7 @@
 // Work is split over XLA's intra-op thread pool: forward by (batch, head, query tile), backward
 // by (batch, kv head).
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -19,6 +20,10 @@
 #include <memory>
 #include <thread>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -160,6 +165,254 @@ inline bool fully_visible(int64_t q0, int qn, int64_t k0, int kn, const int32_t*
   return true;
 }
 
+#if defined(__AVX512F__)
+// ------------------------------------------------------------------------------------------------
+// Forward with AVX-512. One unit of work is (batch, kv head, query tile) holding all G query heads
+// of that kv head, stacked as G * qn rows, so each key/value tile is read once per group. K and V
+// are first repacked per kv tile (keys transposed to [d, kTile], values [kTile, d], zero past the
+// sequence's end), so tile loads are contiguous whatever the head count (rows of the original
+// layout are H * d apart, which maps every row of a tile to a few L1 sets for large H * d).
+// Within a unit, blocks of kRows query rows run QK^T into registers (kRows x 64 scores: 24 of the
+// 32 zmm), take the online softmax there, and add P V into the output rows, so scores never go
+// through memory.
+// ------------------------------------------------------------------------------------------------
+
+constexpr int kRows = 6;
+
+// exp(x) for 16 lanes, x <= 0: exp8's polynomial, with 2^n applied by scalef; the clamp keeps
+// results normal (no denormal assists) and exp(-1e30) finite for the callers' masks to zero.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Which keys of one kv tile a query row sees, as four 16-key masks (causal, window, segment);
+// keys past the sequence's end are after every query, so causality masks them.
+struct KeyTile {
+  __m512i pos[4], seg[4];
+  KeyTile(int64_t k0, int kn, const int32_t* seg_ids) {
+    for (int c = 0; c < 4; ++c) {
+      pos[c] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(k0 + 16 * c)),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+      const int valid = std::max(0, std::min(16, kn - 16 * c));
+      seg[c] = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << valid) - 1), seg_ids + k0 + 16 * c);
+    }
+  }
+  void masks(int32_t tq, int32_t sq, int64_t window, __mmask16 out[4]) const {
+    const __m512i t = _mm512_set1_epi32(tq), s = _mm512_set1_epi32(sq);
+    const __m512i first = _mm512_set1_epi32(window > 0 ? static_cast<int32_t>(tq - window) : INT32_MIN);
+    for (int c = 0; c < 4; ++c)
+      out[c] = _mm512_cmple_epi32_mask(pos[c], t) & _mm512_cmpeq_epi32_mask(seg[c], s) &
+               _mm512_cmpgt_epi32_mask(pos[c], first);
+  }
+};
+
+// Online softmax of one row's 64 scores (already scaled) in place: masked scores drop out, the
+// running max m moves, p = exp(s - m) is stored to p_row, its partial sums to sum_row (16 lanes),
+// and the rescale exponent m_old - m_new to *diff.
+template <bool kMasked>
+inline void softmax_row(__m512 s[4], const __mmask16 mask[4], float* m, float* diff, float* p_row, float* sum_row) {
+  if (kMasked)
+    for (int c = 0; c < 4; ++c) s[c] = _mm512_mask_mov_ps(_mm512_set1_ps(kNeg), mask[c], s[c]);
+  const float mx = std::max(*m, _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3]))));
+  *diff = *m - mx;
+  *m = mx;
+  const __m512 mv = _mm512_set1_ps(mx);
+  __m512 sum = _mm512_setzero_ps();
+  for (int c = 0; c < 4; ++c) {
+    __m512 p = exp16(_mm512_sub_ps(s[c], mv));
+    if (kMasked) p = _mm512_maskz_mov_ps(mask[c], p);
+    _mm512_storeu_ps(p_row + 16 * c, p);
+    sum = _mm512_add_ps(sum, p);
+  }
+  _mm512_storeu_ps(sum_row, sum);
+}
+
+// Running sums l (16 lanes a row) and the rows' rescale factors from their exponents.
+template <int R>
+inline void rescale_sums(const float* diff, const float* sums, float* l, float* corr) {
+  _mm512_storeu_ps(corr, exp16(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << R) - 1), diff)));
+  for (int r = 0; r < R; ++r)
+    _mm512_storeu_ps(l + 16 * r, _mm512_fmadd_ps(_mm512_loadu_ps(l + 16 * r), _mm512_set1_ps(corr[r]),
+                                                 _mm512_loadu_ps(sums + 16 * r)));
+}
+
+// o[R rows, NV * 16 columns at stride d] = o * corr + p[R x kTile] v[kTile x ...] (v at stride d).
+template <int R, int NV>
+inline void pv_block(const float* p, const float* v, int d, const float* corr, float* o) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    const __m512 cr = _mm512_set1_ps(corr[r]);
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o + r * d + 16 * c), cr);
+  }
+  for (int n = 0; n < kTile; ++n, v += d) {
+    __m512 b[NV];
+    for (int c = 0; c < NV; ++c) b[c] = _mm512_loadu_ps(v + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(p[r * kTile + n]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(o + r * d + 16 * c, acc[r][c]);
+}
+
+template <int R>
+inline void pv_rows(const float* p, const float* v, int d, const float* corr, float* o) {
+  int j = 0;
+  for (; j + 64 <= d; j += 64) pv_block<R, 4>(p, v + j, d, corr, o + j);
+  switch ((d - j) / 16) {
+    case 3: pv_block<R, 3>(p, v + j, d, corr, o + j); break;
+    case 2: pv_block<R, 2>(p, v + j, d, corr, o + j); break;
+    case 1: pv_block<R, 1>(p, v + j, d, corr, o + j); break;
+  }
+}
+
+// Per-unit rows: scaled queries, unnormalised outputs, running max and sums, positions, segments.
+struct Rows {
+  float *q, *o, *m, *l;
+  int32_t *pos, *seg;
+};
+
+// Rows [i, i + R) of a unit against one kv tile (kt [d, kTile], v [kTile, d]).
+template <int R, bool kMasked>
+void fwd_rows_f32(const Rows& u, int i, int d, const float* kt, const float* v, const KeyTile& keys,
+                  int64_t window) {
+  __m512 s[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) s[r][c] = _mm512_setzero_ps();
+  const float* q = u.q + i * d;
+  for (int k = 0; k < d; ++k, kt += kTile) {
+    const __m512 b0 = _mm512_loadu_ps(kt), b1 = _mm512_loadu_ps(kt + 16), b2 = _mm512_loadu_ps(kt + 32),
+                 b3 = _mm512_loadu_ps(kt + 48);
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(q[r * d + k]);
+      s[r][0] = _mm512_fmadd_ps(a, b0, s[r][0]);
+      s[r][1] = _mm512_fmadd_ps(a, b1, s[r][1]);
+      s[r][2] = _mm512_fmadd_ps(a, b2, s[r][2]);
+      s[r][3] = _mm512_fmadd_ps(a, b3, s[r][3]);
+    }
+  }
+  alignas(64) float p[R * kTile], sums[R * 16], diff[16], corr[16];
+  __mmask16 mask[4];
+  for (int r = 0; r < R; ++r) {
+    if (kMasked) keys.masks(u.pos[i + r], u.seg[i + r], window, mask);
+    softmax_row<kMasked>(s[r], mask, u.m + i + r, diff + r, p + r * kTile, sums + 16 * r);
+  }
+  rescale_sums<R>(diff, sums, u.l + 16 * i, corr);
+  pv_rows<R>(p, v, d, corr, u.o + i * d);
+}
+
+template <bool kMasked>
+void fwd_tile_f32(const Rows& u, int rows, int d, const float* kt, const float* v, const KeyTile& keys,
+                  int64_t window) {
+  int i = 0;
+  for (; i + kRows <= rows; i += kRows) fwd_rows_f32<kRows, kMasked>(u, i, d, kt, v, keys, window);
+  switch (rows - i) {
+    case 5: fwd_rows_f32<5, kMasked>(u, i, d, kt, v, keys, window); break;
+    case 4: fwd_rows_f32<4, kMasked>(u, i, d, kt, v, keys, window); break;
+    case 3: fwd_rows_f32<3, kMasked>(u, i, d, kt, v, keys, window); break;
+    case 2: fwd_rows_f32<2, kMasked>(u, i, d, kt, v, keys, window); break;
+    case 1: fwd_rows_f32<1, kMasked>(u, i, d, kt, v, keys, window); break;
+  }
+}
+
+// Grows-only scratch per thread: units allocate nothing after a thread's first.
+template <typename T>
+T* scratch(size_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> segment_ids, float scale, int64_t window,
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  const Dims dm{qd[0], qd[1], qd[2], kd[2], qd[3]};
+  if (dm.d % 16 || kd[1] != dm.t || dm.h % dm.kh)
+    return ffi::Error::InvalidArgument("flash_attention_cpu: head dim must be a multiple of 16, "
+                                       "k/v as long as q, kv heads dividing heads");
+  const int64_t tiles = (dm.t + kTile - 1) / kTile, groups = dm.h / dm.kh;
+  const int d = static_cast<int>(dm.d);
+  const int64_t kvrow = dm.kh * d, tile_size = static_cast<int64_t>(kTile) * d;
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const int32_t* sp = segment_ids.typed_data();
+  float *op = out->typed_data(), *lp = lse->typed_data();
+
+  // [B, K, tiles] x (kt [d, kTile], v [kTile, d])
+  std::unique_ptr<float[]> packed(new float[dm.b * dm.kh * tiles * 2 * tile_size]);
+  parallel_for(pool, dm.b * dm.kh * tiles, [&](int64_t item) {
+    const int64_t j = item % tiles, kvh = (item / tiles) % dm.kh, b = item / (tiles * dm.kh);
+    const int64_t k0 = j * kTile;
+    const int kn = static_cast<int>(std::min<int64_t>(kTile, dm.t - k0));
+    float* kt = packed.get() + item * 2 * tile_size;
+    float* vt = kt + tile_size;
+    const float* ks = kp + (b * dm.t + k0) * kvrow + kvh * d;
+    const float* vs = vp + (b * dm.t + k0) * kvrow + kvh * d;
+    transpose(kn, d, ks, static_cast<int>(kvrow), kt, kTile, kTile);
+    for (int r = 0; r < kTile; ++r)
+      for (int c = 0; c < d; ++c) vt[r * d + c] = r < kn ? vs[r * kvrow + c] : 0.0f;
+  });
+
+  // Units in decreasing query tile order: the causally longest first, so no thread is left with
+  // a long unit at the end.
+  parallel_for(pool, dm.b * dm.kh * tiles, [&](int64_t item) {
+    const int64_t qt = tiles - 1 - item / (dm.b * dm.kh), kvh = item % dm.kh, b = (item / dm.kh) % dm.b;
+    const int64_t q0 = qt * kTile;
+    const int qn = static_cast<int>(std::min<int64_t>(kTile, dm.t - q0));
+    const int rows = static_cast<int>(groups) * qn;
+    const int32_t* seg = sp + b * dm.t;
+    float* buf = scratch<float>(static_cast<size_t>(rows) * (2 * d + 17));
+    int32_t* ibuf = scratch<int32_t>(2 * static_cast<size_t>(rows));
+    const Rows u{buf, buf + rows * d, buf + 2 * rows * d, buf + 2 * rows * d + rows, ibuf, ibuf + rows};
+    for (int r = 0; r < rows; ++r) {
+      const int64_t g = r / qn, t = q0 + r % qn;
+      const float* src = qp + ((b * dm.t + t) * dm.h + kvh * groups + g) * d;
+      for (int c = 0; c < d; ++c) u.q[r * d + c] = src[c] * scale;
+      u.m[r] = kNeg;
+      u.pos[r] = static_cast<int32_t>(t);
+      u.seg[r] = seg[t];
+    }
+    std::fill(u.o, u.o + rows * d, 0.0f);
+    std::fill(u.l, u.l + rows * 16, 0.0f);
+    int64_t lo, hi;
+    kv_tiles(q0, qn, window, &lo, &hi);
+    for (int64_t j = lo; j <= hi; ++j) {
+      const int64_t k0 = j * kTile;
+      const int kn = static_cast<int>(std::min<int64_t>(kTile, dm.t - k0));
+      const float* kt = packed.get() + ((b * dm.kh + kvh) * tiles + j) * 2 * tile_size;
+      const KeyTile keys(k0, kn, seg);
+      if (fully_visible(q0, qn, k0, kn, seg, window))
+        fwd_tile_f32<false>(u, rows, d, kt, kt + tile_size, keys, window);
+      else
+        fwd_tile_f32<true>(u, rows, d, kt, kt + tile_size, keys, window);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const int64_t g = r / qn, t = q0 + r % qn, h = kvh * groups + g;
+      const float sum = _mm512_reduce_add_ps(_mm512_loadu_ps(u.l + 16 * r));
+      const float lr = sum == 0.0f ? 1.0f : sum;
+      float* dst = op + ((b * dm.t + t) * dm.h + h) * d;
+      for (int c = 0; c < d; ++c) dst[c] = u.o[r * d + c] / lr;
+      lp[(b * dm.h + h) * dm.t + t] = u.m[r] + std::log(lr);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+#else  // !__AVX512F__
+
 // S[qn x kTile] of one tile pair, masked to kNeg (queries q0.., keys k0..).
 void masked_scores(const float* qs, int lda, const float* kt, float* s, int64_t q0, int qn, int64_t k0, int kn,
                    const int32_t* seg, int64_t window, int d) {
@@ -171,6 +424,7 @@ void masked_scores(const float* qs, int lda, const float* kt, float* s, int64_t 
       if (c >= kn || !visible(tq, k0 + c, seg[tq], seg[k0 + c], window)) s[r * kTile + c] = kNeg;
   }
 }
+
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> segment_ids, float scale, int64_t window,
@@ -248,6 +502,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   });
   return ffi::Error::Success();
 }
+
+#endif  // __AVX512F__
 
 
 // The backward pass (FlashAttention-2): per (batch, kv head), kv tiles outer and query tiles
