@@ -27,6 +27,7 @@ from yarn_jax import rope as rope_lib
 from yarn_jax import sharding
 
 REMAT_POLICIES = ("none", "full", "dots")
+MATMULS = ("auto", "xla", "onednn")
 DYNAMIC_CACHE_MODES = ("exact", "transformers")
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 
@@ -71,6 +72,7 @@ class ModelConfig:
     # with a checkpoint (a loader takes them from its caller), and every loader accepts them.
     attention: str = _runtime("auto")
     attention_block_size: int = _runtime(attention_lib.DEFAULT_BLOCK_SIZE)
+    matmul: str = _runtime("auto")
     dtype: str = _runtime("float32")
     param_dtype: str = _runtime("float32")
     remat: str = _runtime("none")
@@ -96,7 +98,7 @@ class ModelConfig:
         if self.rope.rotary_dim > self.head_dim:
             raise ValueError(f"ModelConfig.rope: rotary_dim {self.rope.rotary_dim} exceeds head_dim {self.head_dim}")
         choices = {"rope_layout": rope_lib.LAYOUTS, "remat": REMAT_POLICIES, "dynamic_cache": DYNAMIC_CACHE_MODES,
-                   "architecture": ARCHITECTURES, "attention": attention_lib.IMPLEMENTATIONS}
+                   "architecture": ARCHITECTURES, "attention": attention_lib.IMPLEMENTATIONS, "matmul": MATMULS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name}: must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -174,6 +176,32 @@ def matmul_2d(x, kernel, **kwargs):
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
+def uses_onednn(matmul: str, dtype) -> bool:
+    """Whether ``ModelConfig.matmul`` runs a product through oneDNN here: ``onednn`` always;
+    ``auto`` for bfloat16 on the CPU backend with no device mesh active, where XLA would convert
+    both operands to float32 (for float32, XLA's own dot is as fast; a custom call would need the
+    mesh's whole arrays)."""
+    if matmul == "onednn":
+        return True
+    if matmul != "auto" or jnp.dtype(dtype) != jnp.bfloat16 or sharding.active_mesh() is not None:
+        return False
+    from yarn_jax import onednn
+
+    return onednn.available()
+
+
+def project(x, kernel, matmul: str, *, out_dtype=None, transpose_kernel: bool = False):
+    """x [..., in] @ kernel [in, out] (``transpose_kernel``: kernel stored [out, in]) by the
+    ``matmul`` implementation, in x's dtype (``out_dtype``: the result's)."""
+    if uses_onednn(matmul, x.dtype):
+        from yarn_jax import onednn
+
+        return onednn.matmul(x, kernel, out_dtype=out_dtype, transpose_w=transpose_kernel)
+    kernel = kernel.T if transpose_kernel else kernel
+    y = matmul_2d(x, kernel, preferred_element_type=out_dtype) if out_dtype is not None else matmul_2d(x, kernel)
+    return y
+
+
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias); kernel [in, out] with logical axes (transformers stores [out, in])."""
 
@@ -183,10 +211,10 @@ class Dense(nnx.Module):
         self.kernel = nnx.Param(init(rngs.params(), (features_in, features_out), config.param_dtype),
                                 logical_axes=axes)
         self.bias = nnx.Param(jnp.zeros((features_out,), config.param_dtype), logical_axes=axes[1:]) if bias else None
-        self.dtype = config.dtype
+        self.dtype, self.matmul = config.dtype, config.matmul
 
     def __call__(self, x):
-        y = matmul_2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = project(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.matmul)
         return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
 
 
@@ -321,12 +349,11 @@ class Decoder(nnx.Module):
         return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.config.dtype)
 
     def _logits(self, x):
-        x = self.norm(x)
-        if self.lm_head is None:
-            weight = self.embed_tokens[...].astype(self.config.dtype).T
-        else:
-            weight = self.lm_head.kernel[...].astype(self.config.dtype)
-        return matmul_2d(x, weight, preferred_element_type=jnp.float32)
+        x, c = self.norm(x), self.config
+        if self.lm_head is None:  # tied: the embedding [vocab, hidden] is the transposed kernel
+            return project(x, self.embed_tokens[...].astype(c.dtype), c.matmul, out_dtype=jnp.float32,
+                           transpose_kernel=True)
+        return project(x, self.lm_head.kernel[...].astype(c.dtype), c.matmul, out_dtype=jnp.float32)
 
     def __call__(self, input_ids, positions=None, segment_ids=None, rope_seq_len=None):
         """Logits float32 [B, T, vocab] for int [B, T] tokens.
