@@ -238,3 +238,23 @@ def test_a_run_that_would_not_fit_is_refused_naming_what_to_change():
     squeezed = evaluate.check_memory(config.replace(attention="chunked"), [4096], {4096: 8}, 0, "perplexity",
                                      available=int(2.3 * 2**30))
     assert squeezed == {4096: 1}  # the automatic batch shrinks to fit
+
+
+def test_one_forward_at_the_longest_length_gives_every_truncate_row():
+    config = model_lib.ModelConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2,
+                                   rope="yarn:factor=2,original_max_position_embeddings=16", attention="chunked",
+                                   attention_block_size=16)
+    from flax import nnx
+
+    model = model_lib.Decoder(config, rngs=nnx.Rngs(0))
+    split = _split(np.random.default_rng(3), [130, 75, 64, 200])
+    lengths = [16, 40, 64]
+    together = evaluate.truncate_perplexities(model, split, [0, 1, 2, 3], lengths, stride=24)
+    for row in together:
+        alone = evaluate.perplexity(model, split, [0, 1, 2, 3], row["length"], stride=24, truncate=True)
+        assert row["ppl"] == pytest.approx(alone["ppl"], rel=1e-5) and row["tokens"] == alone["tokens"]
+        np.testing.assert_allclose(row["document_nll"], alone["document_nll"], rtol=1e-5)
+        np.testing.assert_allclose(row["bucket_loss"], alone["bucket_loss"], rtol=1e-5)
+    dynamic = model_lib.with_rope(model, "dynamic_yarn:original_max_position_embeddings=16")
+    with pytest.raises(ValueError, match="depends on the length"):
+        evaluate.truncate_perplexities(dynamic, split, [0], lengths)

@@ -193,21 +193,13 @@ def available_memory() -> int | None:
     return None
 
 
-def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: int, *, stride: int = 256,
-               truncate: bool = False, batch_size: int = 0, mean: str = "token", progress=None) -> dict:
-    """Sliding-window perplexity of ``model`` over documents ``doc_ids`` at one window length.
-
-    Windows go through in batches of ``batch_rows`` rows; the last batch holds only what is left
-    (its own compiled shape), so no forward pass is spent on padding copies."""
-    windows = [w for i, d in enumerate(doc_ids)
-               for w in sliding_windows(int(split.lengths()[d]), length, stride, truncate, document=i)]
-    rows = batch_rows(len(windows), length, batch_size)
+def _scored_losses(model, split, doc_ids, windows: list[Window], length: int, rows: int, progress=None):
+    """Per window: (float64 losses [length], bool scored mask [length]) of its tokens. Windows
+    go through in batches of ``rows``; the last batch holds only what is left (its own compiled
+    shape), so no forward pass is spent on padding copies."""
     graphdef, state = nnx.split(model)
     losses_fn = _token_losses_fn(graphdef)
-    total, count, window_means = 0.0, 0, []
-    bucket_sum, bucket_count = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
-    tail_sum, tail_count = 0.0, 0
-    tail = max(1, min(stride, length // 8))
+    out = []
     for start in range(0, len(windows), rows):
         chunk = windows[start:start + rows]
         inputs, targets, scored, true_len = _window_batch(split, chunk, doc_ids, length)
@@ -217,26 +209,79 @@ def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: in
 
             losses = multihost_utils.process_allgather(losses, tiled=True)
         losses = np.asarray(losses, np.float64)[: len(chunk)]
-        total += float(losses[scored].sum())
-        count += int(scored.sum())
-        window_means.extend(float(losses[r][scored[r]].mean()) for r in range(len(chunk)))
-        position = np.broadcast_to(np.arange(length), scored.shape)
-        buckets = position * NUM_BUCKETS // length
-        np.add.at(bucket_sum, buckets[scored], losses[scored])
-        np.add.at(bucket_count, buckets[scored], 1)
-        for r in range(len(chunk)):
-            last = np.flatnonzero(scored[r])[-tail:]
-            tail_sum += float(losses[r][last].sum())
-            tail_count += len(last)
+        out.extend(zip(losses, scored))
         if progress is not None:
             progress.update(int(scored.sum()))
+    return out
+
+
+def _summary(windows: list[Window], scored_losses, length: int, stride: int, mean: str, num_documents: int) -> dict:
+    """The row of one length: token- or window-weighted perplexity, loss by position bucket, the
+    last tokens' loss, and each document's summed loss and token count (for intervals over documents)."""
+    total, count, window_means = 0.0, 0, []
+    bucket_sum, bucket_count = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
+    doc_nll, doc_tokens = np.zeros(num_documents), np.zeros(num_documents, np.int64)
+    tail_sum, tail_count = 0.0, 0
+    tail = max(1, min(stride, length // 8))
+    buckets = np.arange(length) * NUM_BUCKETS // length
+    for w, (losses, scored) in zip(windows, scored_losses):
+        picked = losses[scored]
+        total += float(picked.sum())
+        count += int(scored.sum())
+        doc_nll[w.document] += float(picked.sum())
+        doc_tokens[w.document] += int(scored.sum())
+        window_means.append(float(picked.mean()))
+        np.add.at(bucket_sum, buckets[scored], picked)
+        np.add.at(bucket_count, buckets[scored], 1)
+        last = np.flatnonzero(scored)[-tail:]
+        tail_sum += float(losses[last].sum())
+        tail_count += len(last)
     mean_loss = total / count if mean == "token" else float(np.mean(window_means))
     return {
         "length": length, "ppl": math.exp(mean_loss), "loss": mean_loss, "tokens": count, "windows": len(windows),
-        "documents": len(doc_ids), "mean": mean, "batch_rows": rows,
+        "documents": num_documents, "mean": mean,
         "bucket_loss": [float(s / c) if c else None for s, c in zip(bucket_sum, bucket_count)],
         f"tail_loss_last_{tail}": tail_sum / max(tail_count, 1),
+        "document_nll": doc_nll.tolist(), "document_tokens": doc_tokens.tolist(),
     }
+
+
+def perplexity(model, split: data_lib.TokenSplit, doc_ids: list[int], length: int, *, stride: int = 256,
+               truncate: bool = False, batch_size: int = 0, mean: str = "token", progress=None) -> dict:
+    """Sliding-window perplexity of ``model`` over documents ``doc_ids`` at one window length."""
+    windows = [w for i, d in enumerate(doc_ids)
+               for w in sliding_windows(int(split.lengths()[d]), length, stride, truncate, document=i)]
+    rows = batch_rows(len(windows), length, batch_size)
+    row = _summary(windows, _scored_losses(model, split, doc_ids, windows, length, rows, progress), length, stride,
+                   mean, len(doc_ids))
+    return {**row, "batch_rows": rows}
+
+
+def truncate_perplexities(model, split: data_lib.TokenSplit, doc_ids: list[int], lengths: list[int], *,
+                          stride: int = 256, batch_size: int = 0, mean: str = "token", progress=None) -> list[dict]:
+    """``perplexity(..., truncate=True)`` at every length of ``lengths`` from ONE forward pass per
+    document at the longest. With a rope whose frequencies do not depend on the length, causal
+    attention makes the first n tokens of a window score exactly as a window of n tokens does
+    (to float rounding: the kernels tile the two lengths differently); documents must hold the
+    longest length. Length-dependent methods (dynamic, dynamic_yarn, longrope) are refused."""
+    if model.config.rope.is_length_dependent:
+        raise ValueError(f"truncate_perplexities: rope {model.config.rope.method!r} depends on the length; "
+                         "evaluate each length on its own")
+    longest = max(lengths)
+    too_short = [d for d in doc_ids if split.lengths()[d] < longest - 1]
+    if too_short:
+        raise ValueError(f"truncate_perplexities: documents {too_short} are shorter than {longest - 1} tokens")
+    windows = [Window(i, 0, longest - 1, longest - 1) for i in range(len(doc_ids))]
+    rows = batch_rows(len(windows), longest, batch_size)
+    scored_losses = _scored_losses(model, split, doc_ids, windows, longest, rows, progress)
+    out = []
+    for length in sorted(lengths):
+        text = length - 1
+        prefix = [(losses[:length], np.arange(length) < text) for losses, _ in scored_losses]
+        cut = [Window(w.document, 0, text, text) for w in windows]
+        out.append({**_summary(cut, prefix, length, stride, mean, len(doc_ids)), "batch_rows": rows,
+                    "from_length": longest})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -520,8 +565,20 @@ def run(args) -> dict:
     model, config, _ = checkpoint_lib.load(path, **runtime)
     results = []
     if args.task == "perplexity":
+        longest_fits = all(split.lengths()[d] >= lengths[-1] - 1 for d in doc_ids)
         for label, spec in variants:
             variant = model_lib.with_rope(model, spec)
+            if args.truncate and len(lengths) > 1 and longest_fits and not spec.is_length_dependent:
+                # One forward pass at the longest length serves every length (its prefixes).
+                todo = len(doc_ids) * (lengths[-1] - 1)
+                with Progress(todo, f"{label} @ {lengths[0]}..{lengths[-1]}", "tok") as bar:
+                    start = time.perf_counter()
+                    rows_out = truncate_perplexities(variant, split, doc_ids, lengths, stride=args.stride,
+                                                     batch_size=rows[lengths[-1]], mean=args.mean, progress=bar)
+                for row in rows_out:
+                    row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
+                    results.append(row)
+                continue
             for length in lengths:
                 todo = sum(w.scored for d in doc_ids for w in sliding_windows(
                     int(split.lengths()[d]), length, args.stride, args.truncate))
