@@ -79,6 +79,55 @@ def test_flash_cpu_takes_16_bit_inputs_and_computes_in_float32():
     np.testing.assert_allclose(got.astype(jnp.float32), want, atol=1e-2)
 
 
+needs_native_bf16 = pytest.mark.skipif(not (flash_cpu.available() and flash_cpu.native_bf16()),
+                                       reason="flash_cpu has no native bfloat16 path here (needs AMX)")
+
+# The native bf16 forward: 16-row AMX blocks (lengths and stacked GQA rows off that grid), head dims
+# padded to the 32-deep tile products (16, 48, 80) or split over several 64-column passes (128).
+BF16_CASES = [  # (batch, length, heads, kv_heads, head_dim, window, packed, logit gain)
+    (2, 100, 4, 4, 16, None, False, 1), (1, 300, 9, 3, 64, None, True, 1), (1, 300, 9, 3, 64, 70, False, 1),
+    (2, 129, 2, 1, 128, 17, True, 1), (1, 200, 8, 2, 48, 200, True, 1), (1, 130, 6, 2, 80, None, False, 1),
+    (1, 1, 2, 2, 16, None, False, 1), (1, 700, 9, 3, 64, None, False, 4),
+]
+
+
+@needs_native_bf16
+@pytest.mark.parametrize("b, t, heads, kv_heads, d, window, packed, gain", BF16_CASES)
+def test_flash_cpu_native_bf16_equals_dense_float32_on_the_same_inputs(b, t, heads, kv_heads, d, window, packed,
+                                                                       gain):
+    """Within bf16's rounding of the output (up to 2^-8 relative) plus that of P for P V, as
+    PyTorch's bf16 kernel; gain > 1 sharpens the softmax (a dominant key's weight is then exact
+    only where the running max is exactly that key's score)."""
+    q, k, v, segments = _inputs(t + d, b=b, t=t, h=heads, k=kv_heads, d=d)
+    q16, k16, v16 = ((x * s).astype(jnp.bfloat16) for x, s in ((q, gain), (k, 1), (v, 1)))
+    kwargs = dict(sliding_window=window, segment_ids=segments if packed else None)
+    got = attention_lib.attention(q16, k16, v16, implementation="flash_cpu", **kwargs)
+    want = attention_lib.attention(*(x.astype(jnp.float32) for x in (q16, k16, v16)), implementation="xla", **kwargs)
+    assert got.dtype == jnp.bfloat16
+    error = jnp.abs(got.astype(jnp.float32) - want)
+    np.testing.assert_allclose(got.astype(jnp.float32), want, atol=4e-3, rtol=8e-3)
+    assert float(error.mean()) < 1e-3
+    # Gradients: the float32 backward from bf16 residuals (the bf16 output enters rowsum(dO * O),
+    # whose error sharp softmaxes amplify), rounded to bf16.
+    grads = jax.grad(_loss("flash_cpu", **kwargs), argnums=(0, 1, 2))(q16, k16, v16)
+    dense = jax.grad(_loss("xla", **kwargs), argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q16, k16, v16)))
+    for name, g, w in zip("qkv", grads, dense):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(g.astype(jnp.float32), w, rtol=2e-2, atol=5e-3 * float(jnp.abs(w).max()),
+                                   err_msg=f"d{name}")
+
+
+@needs_flash_cpu
+def test_flash_cpu_without_native_bf16_casts_to_float32(monkeypatch):
+    q, k, v, segments = _inputs(9, t=150, h=6, k=2, d=32)
+    q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    monkeypatch.setattr(flash_cpu, "native_bf16", lambda: False)
+    got = flash_cpu.flash_attention(q16, k16, v16, segments, sliding_window=40)
+    want = flash_cpu.flash_attention(*(x.astype(jnp.float32) for x in (q16, k16, v16)), segments, sliding_window=40)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(got, want.astype(jnp.bfloat16))
+
+
 def test_flash_cpu_refuses_what_it_cannot_run(monkeypatch):
     q, k, v, _ = _inputs(8, t=8, d=8)
     if flash_cpu.available():

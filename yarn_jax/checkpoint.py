@@ -121,11 +121,7 @@ def read_config(path: str, kind: str | None = None) -> model_lib.ModelConfig:
     if kind == "gguf":
         from yarn_jax import gguf
 
-        reader = gguf.GGUFReader(path)
-        try:
-            return hf.config_from_hf(reader.hf_config, where=path)
-        finally:
-            reader.close()
+        return hf.config_from_hf(gguf.open_reader(path).hf_config, where=path)
     if kind == "workdir" and latest_step(path) is None:
         raise UserError(f"{path}: the training workdir has no checkpoint yet (checkpoints/ is empty)")
     return config_from_dict(_read_json(os.path.join(path, CONFIG_FILE)), where=os.path.join(path, CONFIG_FILE))
@@ -163,11 +159,7 @@ def load(path: str, *, mesh=None, rope=None, step: int | None = None, **runtime)
     elif kind == "gguf":
         from yarn_jax import gguf
 
-        reader = gguf.GGUFReader(path)
-        try:
-            model = hf.load_params(reader, config, path, mesh)
-        finally:
-            reader.close()
+        model = hf.load_params(gguf.open_reader(path), config, path, mesh)
     elif kind == "model":
         model = _restore(config, mesh, path, lambda targets: ocp.StandardCheckpointer().restore(
             os.path.abspath(os.path.join(path, PARAMS_DIR)), targets))

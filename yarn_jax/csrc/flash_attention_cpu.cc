@@ -1,19 +1,24 @@
-// Fused causal attention for XLA's CPU backend (float32), called from JAX through the XLA FFI.
+// Fused causal attention for XLA's CPU backend, called from JAX through the XLA FFI: float32
+// forward and backward, and a bfloat16 forward (AMX) where the compiler targets it.
 //
 // Why: XLA:CPU runs the pure-JAX blockwise kernel (attention.py, `chunked`) as separate ops, one
 // per block product, so each [B, H, block, block] score tile leaves cache between ops. Here one
-// (batch, head, query tile) is a unit of work whose tiles (64 x 64 float32, 16 KiB each) stay in
-// L1/L2 from QK^T through softmax to PV -- the same algorithm as `chunked` (FlashAttention-2:
-// online softmax forward, log-sum-exp residual, recomputing backward), fused.
+// query tile is a unit of work whose tiles (64 x 64 float32, 16 KiB each) stay in L1/L2 from QK^T
+// through softmax to PV -- the same algorithm as `chunked` (FlashAttention-2: online softmax
+// forward, log-sum-exp residual, recomputing backward), fused.
 //
 // Layouts (row-major): q, o, do, dq [B, T, H, D]; k, v, dk, dv [B, T, K, D] (K kv heads divide H;
 // query head h reads kv head h / (H / K)); segment_ids [B, T] int32; lse [B, H, T] float32.
 // Masks: causal; same segment; with window W > 0 also q - kv < W. Logits are scale * q.k.
-// Work is split over XLA's intra-op thread pool: forward by (batch, head, query tile), backward
-// by (batch, kv head).
+// Work is split over XLA's intra-op thread pool: forward by (batch, kv head, query tile) with
+// AVX-512 (by (batch, head, query tile) without), backward by (batch, kv head).
+//
+// Three forwards, picked at compile time (-march=native): AVX-512 float32; AVX2 float32 (the
+// fallback, 256-bit vectors); bfloat16 on AMX tiles (YarnFlashAttentionForwardBf16, which reports
+// unimplemented elsewhere; YarnFlashAttentionNativeBf16 says which).
 #include <algorithm>
-#include <climits>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -23,6 +28,10 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AMX_TILE__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #include "xla/ffi/api/ffi.h"
@@ -172,31 +181,33 @@ inline bool fully_visible(int64_t q0, int qn, int64_t k0, int kn, const int32_t*
 // are first repacked per kv tile (keys transposed to [d, kTile], values [kTile, d], zero past the
 // sequence's end), so tile loads are contiguous whatever the head count (rows of the original
 // layout are H * d apart, which maps every row of a tile to a few L1 sets for large H * d).
-// Within a unit, blocks of kRows query rows run QK^T into registers (kRows x 64 scores: 24 of the
-// 32 zmm), take the online softmax there, and add P V into the output rows, so scores never go
-// through memory.
+// Within a unit, each block of kRows query rows takes QK^T against one kv tile with all kRows x 64
+// scores in registers (24 of the 32 zmm), the online softmax over a 1.5 KiB buffer (in L1), and
+// adds P V into its output rows with the rescale folded into the accumulators' first load.
 // ------------------------------------------------------------------------------------------------
 
 constexpr int kRows = 6;
 #define YARN_INLINE inline __attribute__((always_inline))
 
-// exp(x) for 16 lanes, x <= 0: exp8's polynomial, with 2^n applied by scalef; the clamp keeps
-// results normal (no denormal assists) and exp(-1e30) finite for the callers' masks to zero.
-YARN_INLINE __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+// 2^x for 16 lanes, x <= 0 (Cephes' exp2f: x = n + f, |f| <= 1/2, 2^f = 1 + f P(f) of degree 6,
+// relative error ~2e-7, then scalef by 2^n). The forward works in base 2 (queries pre-scaled by
+// log2(e)), which saves exp's multiply and its two-part ln 2 reduction. The clamp keeps results
+// normal (no denormal assists) and 2^(-1e30) finite for the callers' masks to zero.
+YARN_INLINE __m512 exp2_16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
+
+constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
 
 // Which keys of one kv tile a query row sees, as four 16-key masks (causal, window, segment);
 // keys past the sequence's end are after every query, so causality masks them.
@@ -219,9 +230,9 @@ struct KeyTile {
   }
 };
 
-// Online softmax of one row's 64 scores (already scaled), in place: masked scores drop out, the
-// running max m moves, p = exp(s - m) replaces s, its partial sums go to sum_row (16 lanes), and
-// the rescale exponent m_old - m_new to *diff.
+// Online softmax (base 2) of one row's 64 scores (already scaled), in place: masked scores drop
+// out, the running max m moves, p = 2^(s - m) replaces s, its partial sums go to sum_row (16
+// lanes), and the rescale exponent m_old - m_new to *diff.
 template <bool kMasked>
 YARN_INLINE void softmax_row(float* row, const __mmask16 mask[4], float* m, float* diff, float* sum_row) {
   __m512 s[4];
@@ -229,13 +240,14 @@ YARN_INLINE void softmax_row(float* row, const __mmask16 mask[4], float* m, floa
     s[c] = _mm512_loadu_ps(row + 16 * c);
     if (kMasked) s[c] = _mm512_mask_mov_ps(_mm512_set1_ps(kNeg), mask[c], s[c]);
   }
-  const float mx = std::max(*m, _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3]))));
+  const __m512 tile_max = _mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3]));
+  const float mx = std::max(*m, _mm512_reduce_max_ps(tile_max));
   *diff = *m - mx;
   *m = mx;
   const __m512 mv = _mm512_set1_ps(mx);
   __m512 sum = _mm512_setzero_ps();
   for (int c = 0; c < 4; ++c) {
-    __m512 p = exp16(_mm512_sub_ps(s[c], mv));
+    __m512 p = exp2_16(_mm512_sub_ps(s[c], mv));
     if (kMasked) p = _mm512_maskz_mov_ps(mask[c], p);
     _mm512_storeu_ps(row + 16 * c, p);
     sum = _mm512_add_ps(sum, p);
@@ -246,7 +258,7 @@ YARN_INLINE void softmax_row(float* row, const __mmask16 mask[4], float* m, floa
 // Running sums l (16 lanes a row) and the rows' rescale factors from their exponents.
 template <int R>
 YARN_INLINE void rescale_sums(const float* diff, const float* sums, float* l, float* corr) {
-  _mm512_storeu_ps(corr, exp16(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << R) - 1), diff)));
+  _mm512_storeu_ps(corr, exp2_16(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << R) - 1), diff)));
   for (int r = 0; r < R; ++r)
     _mm512_storeu_ps(l + 16 * r, _mm512_fmadd_ps(_mm512_loadu_ps(l + 16 * r), _mm512_set1_ps(corr[r]),
                                                  _mm512_loadu_ps(sums + 16 * r)));
@@ -289,8 +301,8 @@ struct Rows {
   int32_t *pos, *seg;
 };
 
-// s[R x kTile] = q[R x d] kt[d x kTile] (q at stride d): 2 x 12 loads feed 24 FMAs a step, all
-// 24 accumulators in registers.
+// s[R x kTile] = q[R x d] kt[d x kTile] (q at stride d): per step 4 loads and R broadcasts feed
+// 4R FMAs. Out of line (and pv_rows too), so each loop gets the whole register file.
 template <int R>
 __attribute__((noinline)) void qk_block(const float* q, int d, const float* kt, float* s) {
   __m512 acc[R][4];
@@ -360,7 +372,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   const int32_t* sp = segment_ids.typed_data();
   float *op = out->typed_data(), *lp = lse->typed_data();
 
-  // [B, K, tiles] x (kt [d, kTile], v [kTile, d])
+  // [B, K, tiles] x (kt [d, kTile], v [kTile, d]): as large as k and v together.
   std::unique_ptr<float[]> packed(new float[dm.b * dm.kh * tiles * 2 * tile_size]);
   parallel_for(pool, dm.b * dm.kh * tiles, [&](int64_t item) {
     const int64_t j = item % tiles, kvh = (item / tiles) % dm.kh, b = item / (tiles * dm.kh);
@@ -383,13 +395,14 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
     const int qn = static_cast<int>(std::min<int64_t>(kTile, dm.t - q0));
     const int rows = static_cast<int>(groups) * qn;
     const int32_t* seg = sp + b * dm.t;
+    const float qscale = scale * kLog2e;
     float* buf = scratch<float>(static_cast<size_t>(rows) * (2 * d + 17));
     int32_t* ibuf = scratch<int32_t>(2 * static_cast<size_t>(rows));
     const Rows u{buf, buf + rows * d, buf + 2 * rows * d, buf + 2 * rows * d + rows, ibuf, ibuf + rows};
     for (int r = 0; r < rows; ++r) {
       const int64_t g = r / qn, t = q0 + r % qn;
       const float* src = qp + ((b * dm.t + t) * dm.h + kvh * groups + g) * d;
-      for (int c = 0; c < d; ++c) u.q[r * d + c] = src[c] * scale;
+      for (int c = 0; c < d; ++c) u.q[r * d + c] = src[c] * qscale;
       u.m[r] = kNeg;
       u.pos[r] = static_cast<int32_t>(t);
       u.seg[r] = seg[t];
@@ -414,11 +427,271 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
       const float lr = sum == 0.0f ? 1.0f : sum;
       float* dst = op + ((b * dm.t + t) * dm.h + h) * d;
       for (int c = 0; c < d; ++c) dst[c] = u.o[r * d + c] / lr;
-      lp[(b * dm.h + h) * dm.t + t] = u.m[r] + std::log(lr);
+      lp[(b * dm.h + h) * dm.t + t] = u.m[r] * kLn2 + std::log(lr);
     }
   });
   return ffi::Error::Success();
 }
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512DQ__)
+#define YARN_FLASH_AMX 1
+// ------------------------------------------------------------------------------------------------
+// bfloat16 forward on AMX: Q K^T and P V as bf16 tile products with float32 accumulation, the
+// online softmax in float32 on AVX-512, P rounded to bf16 for P V. Same units of work, packing
+// and row stacking as the float32 forward, with 16-row blocks (one AMX tile of rows): per block
+// and kv tile, S [16 x 64] leaves the tiles for the softmax, and P V accumulates into the output
+// rows through 4 tiles of 16 x 16 floats.
+// ------------------------------------------------------------------------------------------------
+
+// Linux lends a process the tile state only on request (arch_prctl, once per process); where it is
+// refused (old kernel, hypervisor), native_bf16() is false and Python keeps the float32 path.
+bool amx_permitted() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+// Palette 1, all 8 tiles 16 rows x 64 bytes: C 16 x 16 floats, A 16 x 32 bf16, B 16 x 16 pairs.
+void configure_tiles() {
+  struct alignas(64) {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+  } config;
+  static_assert(sizeof(config) == 64, "tile config is 64 bytes");
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+// 2^x for 16 lanes, x <= 0, to bf16's precision: x = floor(x) + f, 2^f on [0, 1) by a degree-3
+// polynomial (relative error ~1e-4, under bf16's rounding of P), scalef by 2^floor(x); reduce
+// takes f in one instruction. Clamped as exp2_16.
+YARN_INLINE __m512 exp2_16_coarse(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  const __m512 f = _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(7.70588992492136e-2f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.276446503971844e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.951231022182701e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, x);
+}
+
+// Keys of one tile as the B operand of Q K^T: [dp / 2, kTile] 32-bit words, each dims 2i, 2i + 1 of
+// one key (dp: d rounded up to 32, the contraction of one tile product); values as the B operand
+// of P V: [kTile / 2, d] words, each keys 2i, 2i + 1 of one dim. Zero past the sequence's end.
+void pack_tile_bf16(const uint16_t* k, const uint16_t* v, int64_t row, int kn, int d, int dp, uint32_t* kb,
+                    uint32_t* vb) {
+  for (int i = 0; i < dp / 2; ++i)
+    for (int n = 0; n < kTile; ++n)
+      kb[i * kTile + n] = n < kn && 2 * i < d ? k[n * row + 2 * i] | uint32_t{k[n * row + 2 * i + 1]} << 16 : 0;
+  for (int i = 0; i < kTile / 2; ++i)
+    for (int c = 0; c < d; ++c) {
+      const uint32_t lo = 2 * i < kn ? v[2 * i * row + c] : 0, hi = 2 * i + 1 < kn ? v[(2 * i + 1) * row + c] : 0;
+      vb[i * d + c] = lo | hi << 16;
+    }
+}
+
+// s[16 x kTile] = q[16 x dp] (bf16 at stride dp) K^T: tiles 0-3 accumulate 16 keys each, 4 holds
+// the queries, 5-7 take turns with the keys.
+void qk_amx(const uint16_t* q, int dp, const uint32_t* kb, float* s) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int c = 0; c < dp; c += 32, kb += 16 * kTile) {
+    _tile_loadd(4, q + c, dp * 2);
+    _tile_loadd(5, kb, kTile * 4);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(6, kb + 16, kTile * 4);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(7, kb + 32, kTile * 4);
+    _tile_dpbf16ps(2, 4, 7);
+    _tile_loadd(5, kb + 48, kTile * 4);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+  _tile_stored(0, s, kTile * 4);
+  _tile_stored(1, s + 16, kTile * 4);
+  _tile_stored(2, s + 32, kTile * 4);
+  _tile_stored(3, s + 48, kTile * 4);
+}
+
+// o[16 x d] (floats at stride d) += p[16 x kTile] (bf16) V, up to 64 columns (4 tiles) at a time.
+void pv_amx(const uint16_t* p, const uint32_t* vb, int d, float* o) {
+  const int ld = d * 4;
+  for (int j = 0; j < d; j += 64) {
+    const int nt = std::min(4, (d - j) / 16);
+    _tile_loadd(0, o + j, ld);
+    if (nt > 1) _tile_loadd(1, o + j + 16, ld);
+    if (nt > 2) _tile_loadd(2, o + j + 32, ld);
+    if (nt > 3) _tile_loadd(3, o + j + 48, ld);
+    for (int h = 0; h < 2; ++h) {  // keys 0-31, 32-63
+      const uint32_t* b = vb + h * 16 * d + j;
+      _tile_loadd(4, p + 32 * h, kTile * 2);
+      _tile_loadd(5, b, ld);
+      _tile_dpbf16ps(0, 4, 5);
+      if (nt > 1) { _tile_loadd(6, b + 16, ld); _tile_dpbf16ps(1, 4, 6); }
+      if (nt > 2) { _tile_loadd(7, b + 32, ld); _tile_dpbf16ps(2, 4, 7); }
+      if (nt > 3) { _tile_loadd(5, b + 48, ld); _tile_dpbf16ps(3, 4, 5); }
+    }
+    _tile_stored(0, o + j, ld);
+    if (nt > 1) _tile_stored(1, o + j + 16, ld);
+    if (nt > 2) _tile_stored(2, o + j + 32, ld);
+    if (nt > 3) _tile_stored(3, o + j + 48, ld);
+  }
+}
+
+// The online softmax of rows [i, i + 16) of a unit from s (raw Q K^T; c = |scale| * log2(e), the
+// queries' signs flipped for a negative scale) into p (bf16), rescaling those rows' outputs where
+// their max moved. Maxima stay in raw units, so scaling folds into one fused s * c - m * c.
+template <bool kMasked>
+void softmax_bf16(const float* s, float c, const Rows& u, int i, int d, const KeyTile& keys, int64_t window,
+                  uint16_t* p) {
+  alignas(64) float diff[16], corr[16], sums[16 * 16];
+  const __m512 cv = _mm512_set1_ps(c);
+  __mmask16 mask[4];
+  bool moved = false;
+  for (int r = 0; r < 16; ++r) {
+    const float* row = s + r * kTile;
+    __m512 x[4];
+    for (int q = 0; q < 4; ++q) x[q] = _mm512_loadu_ps(row + 16 * q);
+    if (kMasked) {
+      keys.masks(u.pos[i + r], u.seg[i + r], window, mask);
+      for (int q = 0; q < 4; ++q) x[q] = _mm512_mask_mov_ps(_mm512_set1_ps(kNeg), mask[q], x[q]);
+    }
+    const __m512 mx = _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3]));
+    // Most tiles leave a row's max where it was: a compare skips the reduction and the rescale.
+    // (Letting the max lag behind, so that p may exceed 1, costs accuracy in bf16: the dominant
+    // key's p = 1 is exact, any other value is rounded.)
+    const float m_old = u.m[i + r];
+    float m_new = m_old;
+    if (_mm512_cmp_ps_mask(mx, _mm512_set1_ps(m_old), _CMP_GT_OQ)) {
+      m_new = _mm512_reduce_max_ps(mx);
+      moved = true;
+    }
+    diff[r] = (m_old - m_new) * c;
+    u.m[i + r] = m_new;
+    const __m512 mv = _mm512_set1_ps(m_new * c);
+    __m512 e[4], sum = _mm512_setzero_ps();
+    for (int q = 0; q < 4; ++q) {
+      e[q] = exp2_16_coarse(_mm512_fmsub_ps(x[q], cv, mv));
+      if (kMasked) e[q] = _mm512_maskz_mov_ps(mask[q], e[q]);
+      sum = _mm512_add_ps(sum, e[q]);
+    }
+    _mm512_storeu_ps(sums + 16 * r, sum);
+    _mm512_storeu_si512(p + r * kTile, (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]));
+    _mm512_storeu_si512(p + r * kTile + 32, (__m512i)_mm512_cvtne2ps_pbh(e[3], e[2]));
+  }
+  if (!moved) {
+    for (int r = 0; r < 16; ++r) {
+      float* l = u.l + 16 * (i + r);
+      _mm512_storeu_ps(l, _mm512_add_ps(_mm512_loadu_ps(l), _mm512_loadu_ps(sums + 16 * r)));
+    }
+    return;
+  }
+  rescale_sums<16>(diff, sums, u.l + 16 * i, corr);
+  for (int r = 0; r < 16; ++r) {
+    if (diff[r] == 0.0f) continue;
+    const __m512 cr = _mm512_set1_ps(corr[r]);
+    float* o = u.o + (i + r) * d;
+    for (int q = 0; q < d; q += 16) _mm512_storeu_ps(o + q, _mm512_mul_ps(_mm512_loadu_ps(o + q), cr));
+  }
+}
+
+ffi::Error ForwardBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k,
+                       ffi::Buffer<ffi::BF16> v, ffi::Buffer<ffi::S32> segment_ids, float scale, int64_t window,
+                       ffi::ResultBuffer<ffi::BF16> out, ffi::ResultBuffer<ffi::F32> lse) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  const Dims dm{qd[0], qd[1], qd[2], kd[2], qd[3]};
+  if (dm.d % 16 || kd[1] != dm.t || dm.h % dm.kh)
+    return ffi::Error::InvalidArgument("flash_attention_cpu: head dim must be a multiple of 16, "
+                                       "k/v as long as q, kv heads dividing heads");
+  if (!amx_permitted())
+    return ffi::Error(ffi::ErrorCode::kUnimplemented, "flash_attention_cpu: the OS refused AMX tiles");
+  const int64_t tiles = (dm.t + kTile - 1) / kTile, groups = dm.h / dm.kh;
+  const int d = static_cast<int>(dm.d), dp = (d + 31) / 32 * 32;
+  const int64_t kvrow = dm.kh * d, ksize = static_cast<int64_t>(dp / 2) * kTile, vsize = kTile / 2 * d;
+  const uint16_t *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const int32_t* sp = segment_ids.typed_data();
+  uint16_t* op = out->typed_data();
+  float* lp = lse->typed_data();
+
+  std::unique_ptr<uint32_t[]> packed(new uint32_t[dm.b * dm.kh * tiles * (ksize + vsize)]);
+  parallel_for(pool, dm.b * dm.kh * tiles, [&](int64_t item) {
+    const int64_t j = item % tiles, kvh = (item / tiles) % dm.kh, b = item / (tiles * dm.kh);
+    const int64_t k0 = j * kTile, offset = (b * dm.t + k0) * kvrow + kvh * d;
+    uint32_t* kb = packed.get() + item * (ksize + vsize);
+    pack_tile_bf16(kp + offset, vp + offset, kvrow, static_cast<int>(std::min<int64_t>(kTile, dm.t - k0)), d, dp,
+                   kb, kb + ksize);
+  });
+
+  parallel_for(pool, dm.b * dm.kh * tiles, [&](int64_t item) {
+    const int64_t qt = tiles - 1 - item / (dm.b * dm.kh), kvh = item % dm.kh, b = (item / dm.kh) % dm.b;
+    const int64_t q0 = qt * kTile;
+    const int qn = static_cast<int>(std::min<int64_t>(kTile, dm.t - q0));
+    const int rows = static_cast<int>(groups) * qn, padded = (rows + 15) / 16 * 16;
+    const int32_t* seg = sp + b * dm.t;
+    float* buf = scratch<float>(static_cast<size_t>(padded) * (d + 17) + 2 * 16 * kTile);
+    int32_t* ibuf = scratch<int32_t>(2 * static_cast<size_t>(padded));
+    uint16_t* qb = scratch<uint16_t>(static_cast<size_t>(padded) * dp + 2 * 16 * kTile);
+    uint16_t* pb = qb + padded * dp;  // 2 x [16, kTile] probabilities of a block (bf16)
+    const Rows u{nullptr, buf, buf + padded * d, buf + padded * (d + 1), ibuf, ibuf + padded};
+    float* s = buf + padded * (d + 17);  // 2 x [16, kTile] scores of a block
+    const uint16_t sign = scale < 0 ? 0x8000 : 0;
+    for (int r = 0; r < padded; ++r) {
+      const int64_t t = r < rows ? q0 + r % qn : q0;
+      uint16_t* dst = qb + r * dp;
+      const uint16_t* src = r < rows ? qp + ((b * dm.t + t) * dm.h + kvh * groups + r / qn) * d : nullptr;
+      for (int c = 0; c < dp; ++c) dst[c] = src && c < d ? src[c] ^ sign : 0;
+      u.m[r] = kNeg;
+      u.pos[r] = static_cast<int32_t>(t);
+      u.seg[r] = seg[t];
+    }
+    std::fill(u.o, u.o + padded * d, 0.0f);
+    std::fill(u.l, u.l + padded * 16, 0.0f);
+    const float c = std::abs(scale) * kLog2e;
+    configure_tiles();
+    int64_t lo, hi;
+    kv_tiles(q0, qn, window, &lo, &hi);
+    for (int64_t j = lo; j <= hi; ++j) {
+      const int64_t k0 = j * kTile;
+      const int kn = static_cast<int>(std::min<int64_t>(kTile, dm.t - k0));
+      const uint32_t* kb = packed.get() + ((b * dm.kh + kvh) * tiles + j) * (ksize + vsize);
+      const KeyTile keys(k0, kn, seg);
+      const bool full = fully_visible(q0, qn, k0, kn, seg, window);
+      // One block ahead: the tile unit computes the next block's scores while the vector units
+      // run this block's softmax (scores and probabilities double-buffered).
+      qk_amx(qb, dp, kb, s);
+      for (int i = 0, n = 0; i < padded; i += 16, n ^= 1) {
+        float* sn = s + n * 16 * kTile;
+        uint16_t* pn = pb + n * 16 * kTile;
+        if (i + 16 < padded) qk_amx(qb + (i + 16) * dp, dp, kb, s + (n ^ 1) * 16 * kTile);
+        if (full)
+          softmax_bf16<false>(sn, c, u, i, d, keys, window, pn);
+        else
+          softmax_bf16<true>(sn, c, u, i, d, keys, window, pn);
+        pv_amx(pn, kb + ksize, d, u.o + i * d);
+      }
+    }
+    _tile_release();
+    for (int r = 0; r < rows; ++r) {
+      const int64_t t = q0 + r % qn, h = kvh * groups + r / qn;
+      const float sum = _mm512_reduce_add_ps(_mm512_loadu_ps(u.l + 16 * r));
+      const __m512 inv = _mm512_set1_ps(1.0f / (sum == 0.0f ? 1.0f : sum));
+      uint16_t* dst = op + ((b * dm.t + t) * dm.h + h) * d;
+      for (int c = 0; c < d; c += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(u.o + r * d + c), inv)));
+      lp[(b * dm.h + h) * dm.t + t] = u.m[r] * c * kLn2 + std::log(sum == 0.0f ? 1.0f : sum);
+    }
+  });
+  return ffi::Error::Success();
+}
+#endif  // AMX
 
 #else  // !__AVX512F__
 
@@ -648,3 +921,35 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(YarnFlashAttentionBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dq
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dk
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dv
+
+#if !defined(YARN_FLASH_AMX)
+namespace {
+ffi::Error ForwardBf16(ffi::ThreadPool, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>,
+                       ffi::Buffer<ffi::S32>, float, int64_t, ffi::ResultBuffer<ffi::BF16>,
+                       ffi::ResultBuffer<ffi::F32>) {
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "flash_attention_cpu: built without AMX (no native bfloat16 path)");
+}
+}  // namespace
+#endif
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YarnFlashAttentionForwardBf16, ForwardBf16,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("window")
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+// Whether YarnFlashAttentionForwardBf16 runs here: built for AMX and granted the tiles.
+extern "C" int YarnFlashAttentionNativeBf16() {
+#if defined(YARN_FLASH_AMX)
+  return amx_permitted();
+#else
+  return 0;
+#endif
+}
