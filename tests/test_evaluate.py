@@ -258,3 +258,16 @@ def test_one_forward_at_the_longest_length_gives_every_truncate_row():
     dynamic = model_lib.with_rope(model, "dynamic_yarn:original_max_position_embeddings=16")
     with pytest.raises(ValueError, match="depends on the length"):
         evaluate.truncate_perplexities(dynamic, split, [0], lengths)
+
+
+def test_a_method_with_the_same_frequencies_at_a_length_reuses_that_row(tmp_path, byte_model_dir, corpus, capsys):
+    """dynamic_yarn at or below its original length is the unscaled model: not evaluated twice."""
+    out = tmp_path / "same.json"
+    assert evaluate.main(["perplexity", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
+                          "--lengths", "32,64", "--truncate", "--samples", "3", "--rope", "none",
+                          "--rope", "dynamic_yarn:original_max_position_embeddings=32", "--json", str(out)]) == 0
+    rows = {(r["rope"], r["length"]): r for r in json.loads(out.read_text())["results"]}
+    reused = rows[("dynamic_yarn:original_max_position_embeddings=32", 32)]
+    assert reused["same_frequencies_as"] == "none" and reused["ppl"] == rows[("none", 32)]["ppl"]
+    assert "same_frequencies_as" not in rows[("dynamic_yarn:original_max_position_embeddings=32", 64)]
+    assert "the same frequencies as none" in capsys.readouterr().out

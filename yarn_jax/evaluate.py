@@ -566,6 +566,15 @@ def run(args) -> dict:
     results = []
     if args.task == "perplexity":
         longest_fits = all(split.lengths()[d] >= lengths[-1] - 1 for d in doc_ids)
+        # With one full window per document, a (method, length) whose frequencies and scaling at that
+        # length equal ones already evaluated scores exactly the same (dynamic_yarn up to L = none).
+        same = {}
+
+        def frequencies(spec, n):
+            if not (args.truncate and longest_fits):
+                return None
+            return (n, *(np.asarray(x).tobytes() for x in rope_lib.inv_freq(spec, n)))
+
         for label, spec in variants:
             variant = model_lib.with_rope(model, spec)
             if args.truncate and len(lengths) > 1 and longest_fits and not spec.is_length_dependent:
@@ -578,8 +587,16 @@ def run(args) -> dict:
                 for row in rows_out:
                     row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
                     results.append(row)
+                    same.setdefault(frequencies(spec, row["length"]), row)
                 continue
             for length in lengths:
+                earlier = same.get(frequencies(spec, length))
+                if earlier is not None:
+                    results.append(dict(earlier, rope=label, spec=rope_lib.to_string(spec), seconds=0.0,
+                                        same_frequencies_as=earlier["rope"]))
+                    print(f"{label} @ {length}: the same frequencies as {earlier['rope']} at this length; its row "
+                          "stands", flush=True)
+                    continue
                 todo = sum(w.scored for d in doc_ids for w in sliding_windows(
                     int(split.lengths()[d]), length, args.stride, args.truncate))
                 with Progress(todo, f"{label} @ {length}", "tok") as bar:
@@ -588,6 +605,8 @@ def run(args) -> dict:
                                      batch_size=rows[length], mean=args.mean, progress=bar)
                 row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
                 results.append(row)
+                if frequencies(spec, length):
+                    same.setdefault(frequencies(spec, length), row)
         metric = "ppl"
         header = (f"sliding-window perplexity ({'truncate: one window per document' if args.truncate else f'stride {args.stride}'}; "
                   f"{args.mean}-weighted mean; {len(doc_ids)} documents of >= {min_tokens} tokens, "
