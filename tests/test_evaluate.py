@@ -109,15 +109,44 @@ def test_passkey_scoring_counts_exactly_the_right_keys(monkeypatch, answer_right
 
     model = model_lib.Decoder(config, rngs=nnx.Rngs(0))
 
-    def fake_generate(model, prompt_ids, max_new_tokens, **kwargs):  # answers from the prompt itself
-        key = int(tok.decode(prompt_ids[0]).split("The pass key is ")[1].split(".")[0])
-        answer = key if answer_right else key + 1
-        return np.asarray([tok.encode(f" {answer}. The")[:max_new_tokens]])
+    def fake_trial_fn(graphdef, new_tokens):  # answers from the prompt itself
+        def trial(state, prompt, length, answer):
+            key = int(tok.decode(np.asarray(prompt)[0, :int(length)]).split("The pass key is ")[1].split(".")[0])
+            text = tok.encode(f" {key if answer_right else key + 1}. The")[:new_tokens]
+            return np.asarray(text), np.zeros((evaluate.ANSWER_SLOTS, 259), np.float32)
+        return trial
 
-    monkeypatch.setattr(model_lib, "generate", fake_generate)
+    monkeypatch.setattr(evaluate, "_passkey_fn", fake_trial_fn)
     result = evaluate.passkey(model, tok, 700, trials=4)
     assert result["accuracy"] == (1.0 if answer_right else 0.0)
     assert 0.0 <= result["digit_accuracy"] <= 1.0 and len(result["trials_detail"]) == 4
+
+
+@pytest.mark.parametrize("rope", ["default", "dynamic_yarn:original_max_position_embeddings=32"])
+def test_one_prefill_generates_and_scores_the_answer_as_full_forward_passes_do(rope):
+    """The trial's teacher-forced log-probabilities (decoded from the prefill's cache) equal a full
+    forward over prompt + answer, and its tokens equal generate's."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    config = model_lib.ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                                   num_kv_heads=2, rope=rope, initializer_range=0.3, dynamic_cache="transformers")
+    model = model_lib.Decoder(config, rngs=nnx.Rngs(1))
+    rng = np.random.default_rng(4)
+    prompt, answer = list(rng.integers(0, 61, 27)), list(rng.integers(0, 61, 5))
+    graphdef, state = nnx.split(model)
+    padded = np.asarray([prompt + [0] * 13], np.int32)
+    answer_ids = np.asarray([answer + [0] * (evaluate.ANSWER_SLOTS - 5)], np.int32)
+    tokens, logprobs = evaluate._passkey_fn(graphdef, 6)(state, padded, jnp.int32(27), answer_ids)
+    full = np.asarray([prompt + answer], np.int32)
+    # 27 + 5 tokens stay within dynamic_yarn's L = 32, where its frequencies are the default ones,
+    # so a full forward over each prefix is the exact reference for both ropes
+    for j, t in enumerate(answer):
+        n = 27 + j
+        want = jax.nn.log_softmax(model(full[:, : n], rope_seq_len=n)[0, -1])
+        np.testing.assert_allclose(logprobs[j], want, atol=2e-5)
+    np.testing.assert_array_equal(tokens, model_lib.generate(model, padded, 6, prompt_length=27)[0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -323,22 +323,39 @@ def _digit_token_ids(tokenizer) -> list[int] | None:
     return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
 
 
-ANSWER_SLOTS = 16  # room after the prompt for the teacher-forced answer (" 12345" is 2-6 tokens)
+ANSWER_SLOTS = 16  # room for the teacher-forced answer (" 12345" is 2-6 tokens)
 
 
 @functools.lru_cache(maxsize=32)
-def _answer_logprobs_fn(graphdef):
-    """Log-probabilities [n, vocab] at ``positions`` of one right-padded sequence [1, W] whose first
-    ``length`` tokens are real (the rope runs at that length): logits exist for those n positions
-    only, never [W, vocab]."""
+def _passkey_fn(graphdef, new_tokens: int):
+    """One trial, one prefill: the prompt (right-padded, first ``length`` tokens real) is prefilled
+    once; from that cache the model both generates ``new_tokens`` greedily and reads the answer
+    under teacher forcing (log-probabilities [ANSWER_SLOTS, vocab] at the answer's positions)."""
 
     @jax.jit
-    def logprobs(state, ids, positions, length):
+    def trial(state, prompt, length, answer):
         model = nnx.merge(graphdef, state)
-        hidden = model.hidden_states(ids, rope_seq_len=length)
-        return jax.nn.log_softmax(model._logits(hidden[:, positions])[0], axis=-1)
+        cache = model_lib.init_cache(model.config, 1, prompt.shape[1] + max(new_tokens, ANSWER_SLOTS))
+        logits, cache = model.prefill(prompt, cache, length)
 
-    return logprobs
+        def force(cache, token):  # one answer token at a time, as generation would see it
+            step_logits, cache = model.decode(token[:, None], cache)
+            return cache, step_logits[:, -1]
+
+        _, forced = jax.lax.scan(force, cache, answer[:, :-1].T)  # answer[j + 1] given answer[:j + 1]
+        answer_logprobs = jax.nn.log_softmax(jnp.concatenate([logits, forced[:, 0]], axis=0), axis=-1)
+        first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+        def step(carry, _):
+            token, cache = carry
+            step_logits, cache = model.decode(token[:, None], cache)
+            token = jnp.argmax(step_logits[:, -1], axis=-1).astype(jnp.int32)
+            return (token, cache), token
+
+        _, rest = jax.lax.scan(step, (first, cache), None, length=new_tokens - 1)
+        return jnp.concatenate([first[:, None], rest.T], axis=1)[0], answer_logprobs
+
+    return trial
 
 
 def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, depths: list[float] | None = None,
@@ -347,8 +364,8 @@ def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, d
     digit-rank scoring under teacher forcing.
 
     Every prompt is right-padded to ``length`` tokens, so all trials at a length share one
-    compiled program; generation prefills the prompt through the model's attention kernel
-    (``Decoder.prefill``: O(length) memory). Length-dependent rope methods generate with keys
+    compiled program; each trial prefills its prompt once through the model's attention kernel
+    (``Decoder.prefill``: O(length) memory) and generates and scores the answer from that cache. Length-dependent rope methods generate with keys
     cached at the frequencies of the step that wrote them (``dynamic_cache="transformers"``, what
     transformers and the YaRN repository do; exact recomputation would cost a full forward pass per
     generated token, and over ~10 tokens the frequencies move by ~10/length)."""
@@ -358,26 +375,23 @@ def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, d
     if model.config.rope.is_length_dependent:
         model = model_lib.with_config(model, model.config.replace(dynamic_cache="transformers"))
     graphdef, state = nnx.split(model)
-    scorer = _answer_logprobs_fn(graphdef)
+    trial_fn = _passkey_fn(graphdef, new_tokens)
     pad = tokenizer.pad_id
     rows = []
     for trial in range(trials):
         key = int(rng.integers(10000, 100000))
         depth = float(depths[trial % len(depths)]) if depths else float(rng.uniform(0, 1))
         prompt_ids = [tokenizer.bos_id] + tokenizer.encode(passkey_prompt(key, repeats, depth))
+        answer = tokenizer.encode(" " + str(key))[:ANSWER_SLOTS]
         padded = np.asarray([prompt_ids + [pad] * (length - len(prompt_ids))], np.int32)
-        generated = np.asarray(model_lib.generate(model, padded, new_tokens, prompt_length=len(prompt_ids)))[0]
+        answer_ids = np.asarray([answer + [pad] * (ANSWER_SLOTS - len(answer))], np.int32)
+        generated, logprobs = trial_fn(state, padded, jnp.int32(len(prompt_ids)), answer_ids)
+        generated, logprobs = np.asarray(generated), np.asarray(logprobs)[: len(answer)]
         text = tokenizer.decode(generated)
         found = re.search(r"\d+", text)
         row = {"key": key, "depth": depth, "prompt_tokens": len(prompt_ids), "generated": text,
-               "correct": bool(found and int(found.group()) == key)}
-        answer = tokenizer.encode(" " + str(key))[:ANSWER_SLOTS]
-        full = prompt_ids + answer
-        ids = np.asarray([full + [pad] * (length + ANSWER_SLOTS - len(full))], np.int32)
-        at = np.asarray([len(prompt_ids) - 1 + j for j in range(len(answer))]
-                        + [0] * (ANSWER_SLOTS - len(answer)), np.int32)  # position j predicts answer[j]
-        logprobs = np.asarray(scorer(state, ids, at, jnp.int32(len(full))))[: len(answer)]
-        row["key_logprob"] = float(sum(logprobs[j, t] for j, t in enumerate(answer)))
+               "correct": bool(found and int(found.group()) == key),
+               "key_logprob": float(sum(logprobs[j, t] for j, t in enumerate(answer)))}
         if digit_ids is not None:
             hits = [int(digit_ids[int(np.argmax(logprobs[j, digit_ids]))] == t)
                     for j, t in enumerate(answer) if t in digit_ids]
