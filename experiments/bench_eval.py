@@ -116,12 +116,13 @@ def jax_child(task: str, dtype: str, length: int) -> dict:
     if task == "perplexity":
         ids = np.asarray([[tokenizer.bos_id] + long_text_ids(tokenizer, length)], np.int32)
         inputs, targets = ids, np.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
-        true_len = np.asarray([length], np.int32)
-        fn = evaluate._token_losses_fn(graphdef).lower(state, inputs, targets, true_len).compile()
+        frequencies = evaluate.window_frequencies(config.rope, [length])
+        free_graphdef, free_state = nnx.split(evaluate.rope_free(model))
+        fn = evaluate._token_losses_fn(free_graphdef).lower(free_state, inputs, targets, *frequencies).compile()
         if length <= WARM_UP_UP_TO:
-            jax.block_until_ready(fn(state, inputs, targets, true_len))
+            jax.block_until_ready(fn(free_state, inputs, targets, *frequencies))
         start = time.perf_counter()
-        losses = np.asarray(fn(state, inputs, targets, true_len))[0, :-1]
+        losses = np.asarray(fn(free_state, inputs, targets, *frequencies))[0, :-1]
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "nll": float(losses.mean()), "peak_rss_gib": peak_rss_gib()}
     prompt, padded = passkey_ids(tokenizer, length)

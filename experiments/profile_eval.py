@@ -40,10 +40,12 @@ def main(argv=None) -> None:
 
     model, _, spec = checkpoint.load(bench_eval.ensure_model(), dtype=args.dtype, param_dtype=args.dtype)
     tokenizer = data.load_tokenizer(spec)
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(evaluate.rope_free(model))
     ids = np.asarray([[tokenizer.bos_id] + bench_eval.long_text_ids(tokenizer, args.length)], np.int32)
-    targets, true_len = np.roll(ids, -1, axis=1), np.asarray([args.length], np.int32)
-    compiled = evaluate._token_losses_fn(graphdef).lower(state, ids, targets, true_len).compile()
+    frequencies = evaluate.window_frequencies(model.config.rope, [args.length])
+    targets = np.roll(ids, -1, axis=1)
+    compiled = evaluate._token_losses_fn(graphdef).lower(state, ids, targets, *frequencies).compile()
+    call = lambda: compiled(state, ids, targets, *frequencies)  # noqa: E731
     kinds = profile_train_step.op_kinds(compiled.as_text())
     for name, kind in list(kinds.items()):
         if kind.startswith("elementwise") and "onednn" in name:
@@ -53,13 +55,13 @@ def main(argv=None) -> None:
         if "custom-call" in line and "yarn_onednn_matmul" in line:
             name = line.split("=")[0].strip().lstrip("%").replace("ROOT ", "").strip().lstrip("%")
             kinds[name] = "matmul (oneDNN)"
-    jax.block_until_ready(compiled(state, ids, targets, true_len))
+    jax.block_until_ready(call())
     start = time.perf_counter()
-    jax.block_until_ready(compiled(state, ids, targets, true_len))
+    jax.block_until_ready(call())
     untraced = time.perf_counter() - start
     trace_dir = tempfile.mkdtemp(prefix="yarn_jax_eval_profile_")
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-    jax.block_until_ready(compiled(state, ids, targets, true_len))
+    jax.block_until_ready(call())
     jax.profiler.stop_trace()
     by_kind, by_op, count = collections.Counter(), collections.Counter(), collections.Counter()
     loop_end = []

