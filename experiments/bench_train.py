@@ -25,10 +25,12 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (name, hidden, layers, heads, intermediate); vocabulary 32000 (Llama 2's) for all.
 SIZES = {
     "20M": (256, 4, 4, 688),
@@ -239,6 +241,84 @@ def print_long_context(long_rows: list[dict]) -> None:
             print(f"| {r['attention']} | {r['seq_len']} | {r['first_step_s']:.1f} | {r['peak_rss_gib']:.2f} |")
 
 
+# ------------------------------------------------------------------------------------------------
+# The real model: one step of configs/smollm2_yarn_32k.py:runlocal against PyTorch
+# ------------------------------------------------------------------------------------------------
+
+
+def real_model_row(side: str, seq_len: int) -> dict:
+    """One training step of SmolLM2-135M on one sequence of ``seq_len`` tokens with the recipe's
+    YaRN s = 4, full rematerialisation / gradient checkpointing, AdamW, float32; run in a child
+    process so its peak memory is its own. yarn_jax compiles ahead of the timed step."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("smollm2_config", os.path.join(ROOT, "configs", "smollm2_yarn_32k.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("runlocal")
+    ids = np.random.default_rng(0).integers(0, 49152, (1, seq_len + 1)).astype(np.int32)
+    if side == "jax":
+        import jax
+        from flax import nnx
+
+        from yarn_jax import checkpoint, train
+
+        model, config, _ = checkpoint.load(c.init_from, rope=c.rope, remat="full", dtype="float32",
+                                           param_dtype="float32")
+        graphdef, params = nnx.split(model)
+        tx, _ = train.make_optimizer(c)
+        c.loss_chunk = 2048
+        step = jax.jit(train.make_train_step(graphdef, tx, c, mesh=None), donate_argnums=0)
+        batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:],
+                 "positions": np.arange(seq_len, dtype=np.int32)[None], "segment_ids": np.ones((1, seq_len), np.int32),
+                 "loss_mask": np.ones((1, seq_len), np.int32)}
+        state = train.TrainState(params, tx.init(params))
+        compiled = step.lower(state, batch).compile()
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        return {"step_s": time.perf_counter() - start, "loss": float(metrics["loss"]), "peak_rss_gib": peak_rss_gib(),
+                "params": int(config.num_params)}
+    import torch
+    import transformers
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_eval
+
+    torch.set_num_threads(os.cpu_count())
+    config = transformers.AutoConfig.from_pretrained(bench_eval.ensure_model())
+    config.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192,
+                              "rope_theta": config.rope_parameters["rope_theta"]}
+    model = transformers.AutoModelForCausalLM.from_pretrained(bench_eval.ensure_model(), config=config,
+                                                              dtype=torch.float32, attn_implementation="sdpa").train()
+    model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0)
+    tokens = torch.from_numpy(ids[:, :-1].astype(np.int64))
+    start = time.perf_counter()
+    loss = model(tokens, labels=tokens).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return {"step_s": time.perf_counter() - start, "loss": float(loss), "peak_rss_gib": peak_rss_gib(),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def real_model_rows(seq_len: int) -> dict:
+    out = {"seq_len": seq_len}
+    for side in ("jax", "torch"):
+        out[side] = _run_child("--real-model-child", side, str(seq_len))
+        print(f"real model {side}: {out[side]}", flush=True)
+    if "error" not in out["jax"] and "error" not in out["torch"]:
+        out["speedup"] = out["torch"]["step_s"] / out["jax"]["step_s"]
+        print(f"\nSmolLM2-135M, one training step on {seq_len} tokens (YaRN s=4, remat / gradient checkpointing, "
+              f"AdamW, float32), each side in its own process\n")
+        print("| side | step s | peak RSS GiB |\n|---|---:|---:|")
+        for side, name in (("jax", "yarn_jax"), ("torch", "PyTorch")):
+            print(f"| {name} | {out[side]['step_s']:.1f} | {out[side]['peak_rss_gib']:.2f} |")
+        print(f"\nyarn_jax / PyTorch speed: {out['speedup']:.2f}x")
+    return out
+
+
 def main(argv=None) -> None:
     import jax
     import torch
@@ -252,7 +332,20 @@ def main(argv=None) -> None:
                         help="only the long-context table (updates that part of --json)")
     parser.add_argument("--long-context-row", nargs=2, help=argparse.SUPPRESS)  # the child of long_context_rows
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # the child of measure: SIDE NAME T STEPS
+    parser.add_argument("--real-model", type=int, metavar="T", help="only the real-model row: one SmolLM2-135M "
+                        "training step at T tokens per side (configs/smollm2_yarn_32k.py:runlocal; 16384)")
+    parser.add_argument("--real-model-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.real_model_child:
+        print(json.dumps(real_model_row(args.real_model_child[0], int(args.real_model_child[1]))))
+        return
+    if args.real_model:
+        row = real_model_rows(args.real_model)
+        if args.json:
+            previous = json.load(open(args.json)) if os.path.exists(args.json) else {}
+            with open(args.json, "w") as f:
+                json.dump({**previous, "real_model": row}, f, indent=2)
+        return
     if args.child:
         side, name, seq_len, steps = args.child
         print(json.dumps(step_times(side, name, int(seq_len), int(steps))))

@@ -242,11 +242,17 @@ def from_pretrained(path: str, *, mesh=None, rope=None, **runtime):
 def load_params(reader, config: model_lib.ModelConfig, where: str, mesh=None) -> model_lib.Decoder:
     """A Decoder of ``config`` holding the tensors of ``reader`` (transformers names), each placed
     on ``mesh`` by its logical axes (default device without one) as soon as it is read."""
+    from yarn_jax.progress import Progress
+
     abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     pure = nnx.to_pure_dict(state)
     used = set()
-    for path, var in nnx.to_flat_state(state):
+    flat = list(nnx.to_flat_state(state))
+    bar = Progress(len(flat), f"loading {os.path.basename(os.path.normpath(where))}", "tensor",
+                   disable=config.num_params < 1e9 or jax.process_index() != 0)  # small models load in seconds
+    for path, var in flat:
+        bar.update(1)
         name, transpose = hf_name(path)
         if name not in reader.files:
             raise UserError(f"{where}: tensor {name} is missing (needed for {'.'.join(map(str, path))})")
@@ -258,6 +264,7 @@ def load_params(reader, config: model_lib.ModelConfig, where: str, mesh=None) ->
         value = jax.device_put(np.asarray(array, dtype=var.dtype), sharding.variable_sharding(var, mesh))
         _set_in(pure, path, value)
         used.add(name)
+    bar.close()
     unexpected = [n for n in reader.files if n not in used and not n.endswith(_IGNORED_SUFFIXES)
                   and not (n == "lm_head.weight" and config.tie_word_embeddings)]
     if unexpected:
