@@ -31,8 +31,10 @@ demo: $(STAMP) corpus
 	$(PY) experiments/rope_frequencies.py
 	$(PY) experiments/demo.py
 
+# Two pytest workers (pytest-xdist): most tests wait on compilation or process start-up, one core each.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The toy pipeline: pretrain a tiny byte-level model, every method zero-shot, fine-tunes, passkey.
 small-scale: $(STAMP)

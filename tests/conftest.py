@@ -3,6 +3,8 @@
 import collections
 import os
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # method -> worst relative error against the oracle, filled by tests via `record_parity`.
@@ -11,6 +13,19 @@ PARITY_WORST: dict[str, float] = collections.defaultdict(float)
 
 def record_parity(method: str, error: float) -> None:
     PARITY_WORST[method] = max(PARITY_WORST[method], float(error))
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist each worker sends its parity errors to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["parity_worst"] = dict(PARITY_WORST)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown to pytest without the plugin
+def pytest_testnodedown(node, error):
+    for method, worst in getattr(node, "workeroutput", {}).get("parity_worst", {}).items():
+        record_parity(method, worst)
 
 
 def pytest_terminal_summary(terminalreporter):

