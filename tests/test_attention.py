@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from yarn_jax import attention as attention_lib
-from yarn_jax import flash_cpu
+from yarn_jax import cpu_build, flash_cpu
 
 
 def _inputs(seed, b=2, t=100, h=4, k=2, d=16):
@@ -141,7 +141,7 @@ def test_flash_cpu_refuses_what_it_cannot_run(monkeypatch):
 
 
 def test_flash_cpu_build_is_cached_by_source_and_machine(tmp_path, monkeypatch):
-    compiler = flash_cpu._compiler()
+    compiler = cpu_build.compiler()
     if compiler is None:
         pytest.skip("no C++ compiler")
     monkeypatch.setenv("YARN_JAX_CACHE_DIR", str(tmp_path))

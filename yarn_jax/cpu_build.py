@@ -17,6 +17,16 @@ import tempfile
 from pathlib import Path
 
 
+def unavailable_reason(load) -> str:
+    """Why a kernel that ``load()`` (-> (ok, reason)) builds and registers cannot run here, "" if it can:
+    the kernels are CPU-only, and the build itself may fail (no compiler, missing headers)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return f"it runs on the CPU backend; this process runs on {jax.default_backend()!r}"
+    return load()[1]
+
+
 def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 

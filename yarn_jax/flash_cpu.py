@@ -27,16 +27,14 @@ import ctypes
 import functools
 import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from yarn_jax import cpu_build
 
 SOURCE = Path(__file__).parent / "csrc" / "flash_attention_cpu.cc"
 HEAD_DIM_MULTIPLE = 16  # the kernel's inner loops run over 16 floats at a time
@@ -47,40 +45,14 @@ _lock = threading.Lock()
 _library: list[ctypes.CDLL] = []  # the loaded kernel, once _load() succeeded
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-
-
-def _cpu_fingerprint() -> str:
-    """The CPU's identity for the cache key: a cache shared between machines (an NFS home) must
-    not hand a -march=native build to a CPU without the same instructions."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({l for l in lines if l.startswith(("model name", "flags"))}))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
 def _build(compiler: str) -> Path:
     """The compiled shared library (compiling it when the cache has none)."""
     import jaxlib
 
     flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
     key = hashlib.sha256("\0".join([SOURCE.read_text(), jaxlib.__version__, compiler, *flags,
-                                    _cpu_fingerprint()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("YARN_JAX_CACHE_DIR") or Path.home() / ".cache" / "yarn_jax")
-    library = cache / f"flash_attention_cpu-{key}.so"
-    if library.exists():
-        return library
-    cache.mkdir(parents=True, exist_ok=True)
-    # Compile to a private name, then rename: concurrent processes never load a half-written file.
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        out = Path(tmp) / library.name
-        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
-        if result.returncode:
-            raise RuntimeError(f"{compiler} failed:\n{result.stderr[-2000:]}")
-        os.replace(out, library)
-    return library
+                                    cpu_build.cpu_fingerprint()]).encode()).hexdigest()[:16]
+    return cpu_build.compile_cached(compiler, SOURCE, flags, f"flash_attention_cpu-{key}.so")
 
 
 @functools.cache
@@ -88,7 +60,7 @@ def _load() -> tuple[bool, str]:
     """(available, reason): compiles, loads and registers the kernel once per process."""
     if os.environ.get("YARN_JAX_FLASH_CPU", "1") == "0":
         return False, "disabled by YARN_JAX_FLASH_CPU=0"
-    compiler = _compiler()
+    compiler = cpu_build.compiler()
     if compiler is None:
         return False, "no C++ compiler found (set $CXX or install g++)"
     try:
@@ -111,13 +83,11 @@ def native_bf16() -> bool:
 
 def available() -> bool:
     """Whether the fused CPU kernel can run in this process (compiles it on the first call)."""
-    return jax.default_backend() == "cpu" and _load()[0]
+    return not unavailable_reason()
 
 
 def unavailable_reason() -> str:
-    if jax.default_backend() != "cpu":
-        return f"it runs on the CPU backend; this process runs on {jax.default_backend()!r}"
-    return _load()[1]
+    return cpu_build.unavailable_reason(_load)
 
 
 def supports(head_dim: int) -> bool:

@@ -85,13 +85,11 @@ def _load() -> tuple[bool, str]:
 
 def available() -> bool:
     """Whether oneDNN products can run in this process (builds the shim on the first call)."""
-    return jax.default_backend() == "cpu" and _load()[0]
+    return not unavailable_reason()
 
 
 def unavailable_reason() -> str:
-    if jax.default_backend() != "cpu":
-        return f"it runs on the CPU backend; this process runs on {jax.default_backend()!r}"
-    return _load()[1]
+    return cpu_build.unavailable_reason(_load)
 
 
 def _product(x, w, out_dtype, transpose_x=False, transpose_w=False):
