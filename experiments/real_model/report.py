@@ -33,7 +33,8 @@ def collect(mode: str, out: str) -> dict:
     for part, path in (("main", prefix + "_ppl.json"), ("long", prefix + "_ppl_long.json")):
         for r in _load(path)["results"]:
             rows.append(dict(r, method=label[r["rope"]], part=part))
-    passkey = [dict(r, method=label[r["rope"]]) for r in _load(prefix + "_passkey.json")["results"]]
+    passkey = [dict(r, method=label[r["rope"]]) for name in ("_passkey_control.json", "_passkey.json")
+               if os.path.exists(prefix + name) for r in _load(prefix + name)["results"]]
     return {"run": run, "ppl_rows": rows, "passkey_rows": passkey}
 
 
