@@ -283,3 +283,17 @@ def test_progress_off_a_terminal_is_plain_lines(files, capsys):
     assert "6 of 6 documents (all) have >= 64 tokens" in captured.out  # a text: source: every document
     progress = [line for line in captured.err.splitlines() if line.startswith("none @ 64: ")]
     assert progress and "tok/s" in progress[-1] and "(100%)" in progress[-1] and "\r" not in captured.err
+
+
+def test_slow_progress_reads_in_seconds_per_unit():
+    import io
+
+    from yarn_jax import progress
+
+    bar = progress.Progress(4, "passkey none @ 16384", "trial", file=io.StringIO())
+    bar.start -= 100.0  # two trials in 100 s
+    bar.n = 2
+    assert "50.0 s/trial" in bar.line() and "trial/s" not in bar.line()
+    bar.n = 400
+    bar.total = 800
+    assert "4.0 trial/s" in bar.line()

@@ -77,7 +77,9 @@ class Progress:
             text += f"/{_amount(self.total)} {self.unit} ({100 * self.n / self.total:.0f}%)"
         else:
             text += f" {self.unit}"
-        text += f", {_amount(rate)} {self.unit}/s, elapsed {_duration(elapsed)}"
+        # slow units (passkey trials at 16k: ~50 s each) read better as seconds per unit
+        speed = f"{_amount(rate)} {self.unit}/s" if rate >= 1 or not self.n else f"{1 / rate:.1f} s/{self.unit}"
+        text += f", {speed}, elapsed {_duration(elapsed)}"
         if self.total and rate > 0 and self.n < self.total:
             text += f", ETA {_duration((self.total - self.n) / rate)}"
         return text + (f", {self.postfix}" if self.postfix else "")
