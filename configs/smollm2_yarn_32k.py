@@ -31,9 +31,9 @@ def get_config(arg=None):
     if arg == "runlocal":  # the same model and method, a CPU-sized run: 2 steps of one 4k-token sequence
         import jax
 
-        # 4k, not 16k: XLA plans ~1.4 GiB of temporaries per 1k tokens for this float32 step whatever
-        # the remat policy (experiments/profile_train_memory.py), so a 16k step needs ~24 GiB and was
-        # killed for memory on a 24 GiB machine; PyTorch's takes far less (bench.md). Open problem.
+        # 4k, not 16k: XLA plans far more temporaries for this float32 step than remat should leave,
+        # so a 16k step was killed for memory on a 24 GiB machine where PyTorch's fits (numbers:
+        # bench.md, "Real model"; experiments/profile_train_memory.py). Open problem.
         c.seq_len, c.batch_size, c.steps = 4096, jax.device_count(), 2
         c.model.update(dtype="float32")
         c.optimizer.update(warmup_steps=1)

@@ -1,12 +1,15 @@
 """The real-model study's verdicts (experiments/real_model/report.py) from synthetic per-book losses."""
 
+import importlib.util
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "real_model"))
-import report  # noqa: E402
+# Loaded under its own name: experiments/small_scale has a `report` module too (tests/test_small_scale.py).
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "real_model", "report.py")
+_SPEC = importlib.util.spec_from_file_location("real_model_report", _PATH)
+report = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(report)
 
 L = 8192
 
