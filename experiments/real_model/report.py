@@ -191,6 +191,16 @@ def claims(d: dict, rows: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
+def _save(fig, ax, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plots(d: dict, out: str, mode: str) -> list[str]:
     import matplotlib
 
@@ -210,11 +220,7 @@ def plots(d: dict, out: str, mode: str) -> list[str]:
     ax.axvline(d["run"]["L"], color="gray", ls=":")
     ax.set(xscale="log", yscale="log", xlabel="window (tokens)", ylabel="perplexity",
            title="SmolLM2-135M (L = 8192), zero-shot, books")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths.append(os.path.join(out, f"real_model_{mode}_ppl.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, ax, os.path.join(out, f"real_model_{mode}_ppl.png")))
     longest = main_length(d)
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)
@@ -226,11 +232,7 @@ def plots(d: dict, out: str, mode: str) -> list[str]:
     ax.axvline(d["run"]["L"], color="gray", ls=":")
     ax.set(xlabel=f"position in the {longest}-token window", ylabel="mean loss (nats)",
            title="loss by position: the same tokens under every method")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths.append(os.path.join(out, f"real_model_{mode}_positions.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, ax, os.path.join(out, f"real_model_{mode}_positions.png")))
     return paths
 
 

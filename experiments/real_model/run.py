@@ -82,7 +82,10 @@ def run(command: list[str], log: list) -> None:
     output = command[command.index("--json") + 1] if "--json" in command else ""
     if output and os.path.exists(output):
         done_before = os.path.splitext(output)[0] + ".seconds"
-        seconds = float(open(done_before).read()) if os.path.exists(done_before) else None
+        seconds = None
+        if os.path.exists(done_before):
+            with open(done_before) as f:
+                seconds = float(f.read())
         print(f"$ {shlex.join(command)}  # done before ({output} exists)", flush=True)
         log.append({"command": shlex.join(command), "seconds": seconds})
         return
