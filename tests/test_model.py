@@ -65,8 +65,8 @@ def test_transformers_cache_mode_matches_transformers_generation_past_the_origin
 
 
 def _tiny(rope, **fields):
-    config = model_lib.ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                                   num_kv_heads=2, rope=rope, **fields)
+    sizes = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
+    config = model_lib.ModelConfig(rope=rope, **{**sizes, **fields})
     return model_lib.Decoder(config, rngs=nnx.Rngs(0))
 
 
@@ -141,6 +141,25 @@ def test_remat_changes_memory_not_gradients(remat):
     rematted = nnx.merge(nnx.split(_tiny("yarn:factor=2,original_max_position_embeddings=16", remat=remat))[0],
                          nnx.state(plain))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads(plain), grads(rematted))
+
+
+def _step_temporaries(remat, num_layers, length=1024):
+    """Bytes of temporaries XLA plans for a gradient of the loss (compiled, not run)."""
+    model = _tiny("yarn:factor=2,original_max_position_embeddings=16", remat=remat, num_layers=num_layers,
+                  hidden_size=64, intermediate_size=256, attention="chunked", attention_block_size=256)
+    graphdef, params = nnx.split(model)
+    ids = jnp.zeros((1, length), jnp.int32)
+    loss = lambda p: jnp.mean(jax.nn.logsumexp(nnx.merge(graphdef, p)(ids), axis=-1))  # noqa: E731
+    return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("remat, at_most", [("full", 1 / 4), ("dots", 1 / 1.5)])
+def test_remat_keeps_little_per_layer(remat, at_most):
+    """What each extra layer adds to a step's temporaries, against no remat (measured here: none
+    8.0 MiB, full 1.0, dots 3.7). Plain jax.checkpoint gave 7.0 for both on XLA's CPU backend: the
+    scheduler ran the recomputation during the forward pass (see model._remat_layer_bwd)."""
+    per_layer = {r: (_step_temporaries(r, 8) - _step_temporaries(r, 2)) / 6 for r in ("none", remat)}
+    assert per_layer[remat] <= at_most * per_layer["none"], per_layer
 
 
 def test_packed_sequences_match_separate_documents():
