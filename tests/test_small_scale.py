@@ -177,6 +177,14 @@ def test_claims_json_and_report_from_synthetic_measurements(tmp_path):
     text = open(paths[0]).read()
     assert "## What did not reproduce" in text and "C9" in text
     assert open(paths[1]).read().startswith("| claim | verdict |")
+    assert paths[2].endswith(".png") and os.path.getsize(paths[2]) > 10_000
+
+
+def test_readme_headline_stops_outside_parentheses():
+    assert report.headline("YaRN needs fewer steps than PI (the paper: 2.5x fewer): after N/2.5 steps") == \
+        "YaRN needs fewer steps than PI (the paper: 2.5x fewer)"
+    assert report.headline("Without scaling it rises. The same tokens") == "Without scaling it rises"
+    assert report.headline("s = max(1, l'/L) holds") == "s = max(1, l'/L) holds"
 
 
 def test_c8_is_untestable_without_retrieval_at_L():

@@ -215,6 +215,56 @@ ZS_NAMES = {"none": "none (unscaled)", "linear4": "linear (PI) s=4", "ntk4": "nt
             "dyn_yarn": "Dynamic-YaRN", "dyn_ntk_hf": "transformers dynamic, factor 4"}
 
 
+def plot(results: dict, path: str) -> str:
+    """Perplexity vs length (log-log), zero-shot and fine-tuned (pooled over seeds), one column per
+    corpus: the picture behind C1-C7. Rendered from the results JSON alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    table, L = results["tables"]["perplexity"], results["settings"]["L"]
+    panels = [("zero-shot", "zs", ["none", "linear4", "ntk4", "nbp4", "yarn4", "dyn_ntk", "dyn_yarn"]),
+              ("fine-tuned at s*L", "ft", [f"{m}/fixed" for m in results["settings"]["ft_methods"]] + ["yarn/dynamic"])]
+    corpora = results["corpora"]
+    fig, axes = plt.subplots(len(panels), len(corpora), figsize=(5.5 * len(corpora), 4.2 * len(panels)), squeeze=False)
+    for row, (title, stage, labels) in enumerate(panels):
+        for col, corpus in enumerate(corpora):
+            ax = axes[row][col]
+            for label in labels:
+                points = sorted((int(k.rsplit("/", 1)[1]), v["ppl"]) for k, v in table.items()
+                                if k.rsplit("/", 1)[0] == f"{stage}/{corpus}/{label}")
+                if points:
+                    name = ZS_NAMES.get(label, label.replace("/fixed", "").replace("/dynamic", " + dynamic"))
+                    ax.plot(*zip(*points), marker="o", label=name)
+            ax.axvline(L, color="grey", linestyle=":", linewidth=1)
+            lengths = sorted({int(k.rsplit("/", 1)[1]) for k in table if k.startswith(f"{stage}/{corpus}/")})
+            ax.set(xscale="log", yscale="log", xlabel="tokens (truncate protocol; dotted: L)", ylabel="perplexity",
+                   title=f"{title}, {corpus}")
+            ax.set_xticks(lengths, [str(n) for n in lengths])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            low, high = ax.get_ylim()
+            ax.set_yticks([y for y in (4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50) if low <= y <= high])
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def headline(statement: str) -> str:
+    """A claim's first clause: its text up to the first ': ' or '. ' outside parentheses."""
+    depth = 0
+    for i, ch in enumerate(statement):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and ch in ":." and statement[i + 1:i + 2] in (" ", ""):
+            return statement[:i]
+    return statement
+
+
 def write(results: dict, out: str, name: str) -> list[str]:
     """Writes NAME.md and NAME_readme.md under ``out``; returns their paths."""
     p, L, s = results["settings"], results["settings"]["L"], results["settings"]["scale"]
@@ -282,6 +332,7 @@ def write(results: dict, out: str, name: str) -> list[str]:
               "yields the key; margin = log p(key | prompt with the key) - log p(key | the same prompt with another "
               "key).", ""]
 
+    lines += [f"![perplexity vs length]({name}.png)", ""]
     zs_fixed = ["none", "linear4", "ntk4", "nbp4", "yarn4", "linear8", "ntk8", "nbp8", "yarn8"]
     zs_dyn = ["dyn_pi", "dyn_ntk", "dyn_nbp", "dyn_yarn", "dyn_ntk_hf"]
     for corpus in results["corpora"]:
@@ -345,10 +396,12 @@ def write(results: dict, out: str, name: str) -> list[str]:
     with open(md, "w") as f:
         f.write("\n".join(lines))
 
-    readme = [f"| claim | verdict | headline effect [95% CI] |", "|---|---|---|"]
+    readme = ["| claim | verdict | parts reproduced | headline effect [95% CI] |", "|---|---|---:|---|"]
     for c in results["claims"]:
-        readme.append(f"| {c['id']} {c['statement'].split('. ')[0].split(': ')[0]} | {c['verdict']} | {fmt_effect(c)} |")
+        held = sum(p["verdict"] == "reproduced" for p in c["parts"])
+        readme.append(f"| {c['id']} {headline(c['statement'])} | {c['verdict']} | {held}/{len(c['parts'])} | "
+                      f"{fmt_effect(c)} |")
     snippet = os.path.join(out, f"{name}_readme.md")
     with open(snippet, "w") as f:
         f.write("\n".join(readme) + "\n")
-    return [md, snippet]
+    return [md, snippet, plot(results, os.path.join(out, f"{name}.png"))]
