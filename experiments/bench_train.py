@@ -344,7 +344,7 @@ def main(argv=None) -> None:
         if args.json:
             previous = json.load(open(args.json)) if os.path.exists(args.json) else {}
             with open(args.json, "w") as f:
-                json.dump({**previous, "real_model": row}, f, indent=2)
+                json.dump({**previous, f"real_model_{args.real_model}": row}, f, indent=2)
         return
     if args.child:
         side, name, seq_len, steps = args.child

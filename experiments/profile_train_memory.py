@@ -5,7 +5,8 @@ configs/smollm2_yarn_32k.py recipe, float32) at several lengths: temporaries, ar
 
 Compiles only (nothing runs), so it shows in a minute what a length would need before a real step
 is tried. Written when the recipe's 16k-token runlocal step was killed for memory on a 24 GiB
-machine: see experiments/results/bench.md, "Real model: one training step".
+machine; it found the cause (remat's recomputation scheduled into the forward pass, fixed by
+model.remat_layer): see experiments/results/bench.md, "Real model: one training step".
 """
 
 from __future__ import annotations
