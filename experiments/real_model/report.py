@@ -33,7 +33,8 @@ def collect(mode: str, out: str) -> dict:
     for part, path in (("main", prefix + "_ppl.json"), ("long", prefix + "_ppl_long.json")):
         for r in _load(path)["results"]:
             rows.append(dict(r, method=label[r["rope"]], part=part))
-    passkey = [dict(r, method=label[r["rope"]]) for name in ("_passkey_control.json", "_passkey.json")
+    parts = ("_passkey_control.json", "_passkey_inside.json", "_passkey_between.json", "_passkey.json")
+    passkey = [dict(r, method=label[r["rope"]]) for name in parts
                if os.path.exists(prefix + name) for r in _load(prefix + name)["results"]]
     return {"run": run, "ppl_rows": rows, "passkey_rows": passkey}
 
@@ -270,6 +271,12 @@ def write(mode: str, out: str) -> str:
         "of the key's tokens.",
         "",
         passkey_table(d),
+        "",
+        "Generation undercounts retrieval: in many failed trials the model answers in words (\"a magical number "
+        "that...\", \"the pass key.\") while under teacher forcing it puts every digit of the key first. With the "
+        "key right before the question (depth 1.0) that happens at every length, inside L too; digits right and the "
+        "key's log-probability measure retrieval, generation also measures the answer's format. The trials per depth "
+        "are in the JSON.",
         "",
         "## Claims (rules written before the run)",
         "",
