@@ -16,8 +16,10 @@ hits both alike:
   up to 8192 tokens (see WARM_UP_UP_TO).
 - passkey: a passkey prompt of `length` tokens, greedy generation of 8 tokens. yarn_jax:
   `model.generate` (prefill through the attention kernel, then a `lax.scan` of cached decode
-  steps); PyTorch: `model.generate` with its KV cache. Prefill is timed on its own too, so decode
-  tokens/s = 7 / (total - prefill) (the first token comes out of the prefill).
+  steps); PyTorch: `model.generate` with its KV cache. Decoding is timed on its own: after a
+  prefill, 7 greedy steps of one token each through the KV cache (yarn_jax: `Decoder.decode`,
+  compiled, the cache donated; PyTorch: `model(token, past_key_values=...)`), decode tokens/s =
+  7 / their time (the first token comes out of the prefill).
 
 Peak memory is each child process's VmHWM (model, compilation and everything else included).
 Both perplexities are printed (they should agree); the CPU model and its AVX-512 / AMX flags are
@@ -134,15 +136,24 @@ def jax_child(task: str, dtype: str, length: int) -> dict:
     cache = model_lib.init_cache(config, 1, padded.shape[1] + NEW_TOKENS)
     prefill = jax.jit(lambda s, ids, c, n: nnx.merge(graphdef, s).prefill(ids, c, n)).lower(
         state, padded, cache, jnp.int32(len(prompt))).compile()
+    decode = jax.jit(lambda s, token, c: nnx.merge(graphdef, s).decode(token, c), donate_argnums=2)
     if length <= WARM_UP_UP_TO:
         jax.block_until_ready(generate(state, padded, jnp.int32(len(prompt)), key))
     start = time.perf_counter()
-    jax.block_until_ready(prefill(state, padded, cache, jnp.int32(len(prompt))))
-    prefill_s = time.perf_counter() - start
-    start = time.perf_counter()
     tokens = np.asarray(generate(state, padded, jnp.int32(len(prompt)), key))[0]
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "prefill_s": prefill_s, "tokens": tokens.tolist(), "peak_rss_gib": peak_rss_gib()}
+    logits, cache = prefill(state, padded, cache, jnp.int32(len(prompt)))
+    token = jnp.argmax(logits, axis=-1)[:, None].astype(jnp.int32)
+    logits, cache = decode(state, token, cache)  # compiles; the timed steps follow
+    token = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)
+    start = time.perf_counter()
+    for _ in range(NEW_TOKENS - 1):
+        logits, cache = decode(state, token, cache)
+        token = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)
+    jax.block_until_ready(token)
+    decode_s = time.perf_counter() - start
+    return {"seconds": seconds, "decode_tokens_per_s": (NEW_TOKENS - 1) / decode_s, "tokens": tokens.tolist(),
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def passkey_ids(tokenizer, length: int):
@@ -179,13 +190,18 @@ def torch_child(task: str, dtype: str, length: int) -> dict:
         if length <= WARM_UP_UP_TO:
             model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
         start = time.perf_counter()
-        model(ids, use_cache=True, logits_to_keep=1)
-        prefill_s = time.perf_counter() - start
-        start = time.perf_counter()
         out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "prefill_s": prefill_s, "tokens": out[0, len(prompt):].tolist(),
-            "peak_rss_gib": peak_rss_gib()}
+        step = model(ids, use_cache=True, logits_to_keep=1)
+        token = step.logits[:, -1].argmax(-1, keepdim=True)
+        step = model(token, past_key_values=step.past_key_values, use_cache=True)  # the first step untimed
+        start = time.perf_counter()
+        for _ in range(NEW_TOKENS - 1):
+            token = step.logits[:, -1].argmax(-1, keepdim=True)
+            step = model(token, past_key_values=step.past_key_values, use_cache=True)
+        decode_s = time.perf_counter() - start
+    return {"seconds": seconds, "decode_tokens_per_s": (NEW_TOKENS - 1) / decode_s,
+            "tokens": out[0, len(prompt):].tolist(), "peak_rss_gib": peak_rss_gib()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,10 +225,6 @@ def measure(task: str, dtype: str, length: int) -> dict:
         print(f"  {task} {dtype} {length} {side}: {row[side]}"[:300], flush=True)
     if "error" not in row["jax"] and "error" not in row["torch"]:
         row["speedup"] = row["torch"]["seconds"] / row["jax"]["seconds"]  # > 1: yarn_jax faster
-        if task == "passkey":
-            for side in ("jax", "torch"):
-                decode = row[side]["seconds"] - row[side]["prefill_s"]
-                row[side]["decode_tokens_per_s"] = (NEW_TOKENS - 1) / decode if decode > 0 else None
     return row
 
 
@@ -259,9 +271,19 @@ def main(argv=None) -> None:
     cpu = cpu_description()
     print(f"\nSmolLM2-135M, one window / one prompt per row, each side in its own process; CPU: {cpu}\n")
     print(table(rows))
-    if args.json:
+    if args.json:  # rows measured now replace the file's rows of the same task, dtype and length
+        for row in rows:
+            row.update(cpu=cpu, date=time.strftime("%Y-%m-%d"))
+        kept = []
+        if os.path.exists(args.json):
+            with open(args.json) as f:
+                before = json.load(f)
+            measured = {(r["task"], r["dtype"], r["length"]) for r in rows}
+            kept = [dict(r, cpu=r.get("cpu", before.get("cpu")), date=r.get("date", before.get("date", "")))
+                    for r in before["rows"] if (r["task"], r["dtype"], r["length"]) not in measured]
+        merged = sorted(kept + rows, key=lambda r: (r["length"], r["dtype"], r["task"]))
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu, "rows": rows, "new_tokens": NEW_TOKENS}, f, indent=2)
+            json.dump({"rows": merged, "new_tokens": NEW_TOKENS}, f, indent=2)
 
 
 if __name__ == "__main__":
