@@ -289,20 +289,16 @@ class Attention(nnx.Module):
         out = self.o_proj(out.reshape(x.shape[0], x.shape[1], -1))
         return (out, k, v) if return_kv else out
 
-    def decode(self, x, rotary: Rotary, cache_k, cache_v, layer: int, index):
+    def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
         """New tokens x [B, t, E] at cache slots index..index+t-1: their rotated keys and values are
-        written into the whole model's cache [layers, B, S, kv_heads, head_dim] at this ``layer``,
-        then they attend to every slot up to their own. Updating the stacked cache in place (rather
-        than slicing out each layer's part and stacking the parts again) keeps a decoding step from
-        copying the whole cache: at 16k tokens those copies cost more than the step's matmuls."""
+        written into the cache, then they attend to every slot up to their own."""
         c = self.config
         q, k, v = self._qkv(x)
-        at = (layer, 0, index, 0, 0)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, rotary.rotate(k)[None].astype(cache_k.dtype), at)
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), at)
+        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, rotary.rotate(k).astype(cache_k.dtype), index, axis=1)
+        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
         q_idx = index + jnp.arange(x.shape[1])
-        out = attention_lib.dense_attention(rotary.rotate(q), cache_k[layer], cache_v[layer], q_idx,
-                                            jnp.arange(cache_k.shape[2]), window=c.sliding_window)
+        out = attention_lib.dense_attention(rotary.rotate(q), cache_k, cache_v, q_idx, jnp.arange(cache_k.shape[1]),
+                                            window=c.sliding_window)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), cache_k, cache_v
 
 
@@ -323,8 +319,8 @@ class DecoderLayer(nnx.Module):
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
-    def decode(self, x, rotary: Rotary, cache_k, cache_v, layer: int, index):
-        h, cache_k, cache_v = self.self_attn.decode(self.input_layernorm(x), rotary, cache_k, cache_v, layer, index)
+    def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
+        h, cache_k, cache_v = self.self_attn.decode(self.input_layernorm(x), rotary, cache_k, cache_v, index)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache_k, cache_v
 
@@ -501,10 +497,14 @@ class Decoder(nnx.Module):
         b, t = input_ids.shape
         positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
         rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, seq_len), c.rope_layout)
-        x, cache_k, cache_v = self._embed(input_ids), cache["k"], cache["v"]
+        x = self._embed(input_ids)
+        new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            x, cache_k, cache_v = layer.decode(x, rotary, cache_k, cache_v, i, index)
-        return self._logits(x), dict(cache, k=cache_k, v=cache_v, index=index + t)
+            x, k, v = layer.decode(x, rotary, cache["k"][i], cache["v"][i], index)
+            new_k.append(k)
+            new_v.append(v)
+        cache = dict(cache, k=jnp.stack(new_k), v=jnp.stack(new_v), index=index + t)
+        return self._logits(x), cache
 
 
 def token_losses(model: Decoder, hidden, targets, chunk: int = 0):
