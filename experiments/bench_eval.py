@@ -201,8 +201,8 @@ def torch_child(task: str, dtype: str, length: int) -> dict:
             token = step.logits[:, -1].argmax(-1, keepdim=True)
         start = time.perf_counter()
         for _ in range(NEW_TOKENS - 1):
-            token = step.logits[:, -1].argmax(-1, keepdim=True)
             step = model(token, past_key_values=step.past_key_values, use_cache=True)
+            token = step.logits[:, -1].argmax(-1, keepdim=True)
         decode_s = time.perf_counter() - start
     return {"seconds": seconds, "decode_tokens_per_s": (NEW_TOKENS - 1) / decode_s,
             "tokens": out[0, len(prompt):].tolist(), "peak_rss_gib": peak_rss_gib()}
@@ -283,8 +283,7 @@ def main(argv=None) -> None:
             with open(args.json) as f:
                 before = json.load(f)
             measured = {(r["task"], r["dtype"], r["length"]) for r in rows}
-            kept = [dict(r, cpu=r.get("cpu", before.get("cpu")), date=r.get("date", before.get("date", "")))
-                    for r in before["rows"] if (r["task"], r["dtype"], r["length"]) not in measured]
+            kept = [r for r in before["rows"] if (r["task"], r["dtype"], r["length"]) not in measured]
         merged = sorted(kept + rows, key=lambda r: (r["length"], r["dtype"], r["task"]))
         with open(args.json, "w") as f:
             json.dump({"rows": merged, "new_tokens": NEW_TOKENS}, f, indent=2)

@@ -135,10 +135,9 @@ def pipeline(mode: str, p: dict, work: str, out: str) -> None:
          "--json", f"{prefix}_ppl_long.json"], log)
     # Passkey: random keys and depths spread over the prompt; past L for every method, and inside L
     # without scaling (does the model retrieve at all where it was trained?).
-    run([*evaluate, "passkey", *common, "--lengths", ",".join(map(str, p["passkey_lengths"])),
-         "--trials", str(p["passkey_trials"]), "--depths", str(p["passkey_depths"]), *ropes(PASSKEY_METHODS),
-         "--json", f"{prefix}_passkey.json"], log)
     passkey = ["--trials", str(p["passkey_trials"]), "--depths", str(p["passkey_depths"])]
+    run([*evaluate, "passkey", *common, "--lengths", ",".join(map(str, p["passkey_lengths"])), *passkey,
+         *ropes(PASSKEY_METHODS), "--json", f"{prefix}_passkey.json"], log)
     run([*evaluate, "passkey", *common, "--lengths", ",".join(map(str, p["control_lengths"])), *passkey,
          *ropes(("none",)), "--json", f"{prefix}_passkey_control.json"], log)
     # The grid's other cells (run after the first edition's three commands, so a study that had
