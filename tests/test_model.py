@@ -73,9 +73,9 @@ def _tiny(rope, **fields):
 _decode = nnx.jit(lambda model, ids, cache: model.decode(ids, cache))
 
 
-def _greedy_decode_logits(model, prompt, steps):
+def _greedy_decode_logits(model, prompt, steps, cache_dtype=None):
     """Per-step last-token logits of cached greedy decoding, and the tokens it produced."""
-    cache = model_lib.init_cache(model.config, prompt.shape[0], prompt.shape[1] + steps)
+    cache = model_lib.init_cache(model.config, prompt.shape[0], prompt.shape[1] + steps, cache_dtype)
     logits, cache = _decode(model, prompt, cache)
     sequence, history = prompt, [logits[:, -1]]
     for _ in range(steps):
@@ -102,6 +102,38 @@ def test_exact_cache_mode_equals_a_full_forward_pass_at_every_step(rope):
         n = 6 + step
         np.testing.assert_allclose(logits, forward(model, sequence, jnp.int32(n))[:, n - 1], atol=2e-5)
     np.testing.assert_array_equal(model_lib.generate(model, prompt, 30), sequence[:, 6:])
+
+
+@pytest.mark.parametrize("sliding_window", [None, 5])
+def test_cached_decoding_equals_a_full_forward_pass(sliding_window):
+    """Every step's logits from the KV cache (keys written into each layer's buffer, heads first,
+    then read in place) equal a full forward pass."""
+    model = _tiny("default", initializer_range=0.3, sliding_window=sliding_window)
+    prompt = jnp.asarray(np.random.default_rng(8).integers(0, 61, (2, 7)))
+    history, sequence = _greedy_decode_logits(model, prompt, 12)
+    full = model(sequence)
+    for step, logits in enumerate(history):
+        np.testing.assert_allclose(logits, full[:, 6 + step], atol=2e-5)
+
+
+def test_a_bfloat16_cache_holds_the_float32_cache_rounded():
+    """16-bit caches take their own in-place write path (model._write): after a prefill and
+    decoding steps, the first layer's keys and values (which no cache rounding upstream can
+    change) are the float32 cache's, rounded, in every slot written, and nothing else is written."""
+    model = _tiny("default", initializer_range=0.3)
+    ids = jnp.asarray(np.random.default_rng(9).integers(0, 61, (2, 10)))
+    prefill = nnx.jit(lambda model, ids, cache: model.prefill(ids, cache, jnp.int32(5)))
+    caches = {}
+    for dtype in ("float32", "bfloat16"):
+        _, cache = prefill(model, ids[:, :6], model_lib.init_cache(model.config, 2, 12, dtype))  # slot 5: padding
+        for i in range(5, 10):
+            _, cache = _decode(model, ids[:, i:i + 1], cache)
+        caches[dtype] = cache
+    for name in ("k", "v"):
+        got, f32 = np.asarray(caches["bfloat16"][name][0]), np.asarray(caches["float32"][name][0])
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(got[:, :10], f32[:, :10].astype(jnp.bfloat16))
+        assert not got[:, 10:].any() and got[:, :10].all()
 
 
 def test_transformers_cache_mode_differs_from_exact_only_past_the_original_length():

@@ -139,8 +139,7 @@ def _heads_last(out, t, h):
 
 
 def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None, scale=None):
-    """Reference attention with explicit token indices (also the KV-cache decoding path, where
-    q_idx are the new tokens' indices and kv_idx the cache slots)."""
+    """Reference attention with explicit token indices."""
     scale = default_scale(q, scale)
     b, t, h, _ = q.shape
     kv_heads = k.shape[2]
@@ -152,6 +151,23 @@ def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None
     probs = jax.nn.softmax(jnp.where(mask, logits, _NEG), axis=-1)
     out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
     return _heads_last(out, t, h).astype(q.dtype)
+
+
+def cached_attention(q, cache_k, cache_v, index, window=None, scale=None):
+    """KV-cache decoding: t new tokens, queries q [B, t, H, D] at positions index..index+t-1, attend
+    causally to the cache (cache_k, cache_v [B*K, S, D], heads first, already holding their own
+    keys and values). The cache is read where it lies, in its own dtype and layout: one batched
+    matmul per (batch, kv head) with float32 accumulation, no transposed or upcast copy of it."""
+    scale = default_scale(q, scale)
+    b, t, h, _ = q.shape
+    kv_heads, size = cache_k.shape[0] // b, cache_k.shape[1]
+    qh = _heads_first(q, kv_heads).reshape(b * kv_heads, -1, q.shape[-1])  # [B*K, G*t, D]
+    logits = jnp.einsum("nqd,nsd->nqs", qh.astype(cache_k.dtype), cache_k, preferred_element_type=jnp.float32)
+    mask = _mask(index + jnp.arange(t), jnp.arange(size), None, None, window)  # [1, t, S]
+    mask = jnp.tile(mask, (1, h // kv_heads, 1))
+    probs = jax.nn.softmax(jnp.where(mask, logits * scale, _NEG), axis=-1)
+    out = jnp.einsum("nqs,nsd->nqd", probs.astype(cache_v.dtype), cache_v, preferred_element_type=jnp.float32)
+    return _heads_last(out.reshape(b, kv_heads, -1, q.shape[-1]), t, h).astype(q.dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -290,16 +290,28 @@ class Attention(nnx.Module):
         return (out, k, v) if return_kv else out
 
     def decode(self, x, rotary: Rotary, cache_k, cache_v, index):
-        """New tokens x [B, t, E] at cache slots index..index+t-1: their rotated keys and values are
-        written into the cache, then they attend to every slot up to their own."""
+        """New tokens x [B, t, E] at cache slots index..index+t-1 (this layer's cache_k, cache_v
+        [B*K, S, D]): their rotated keys and values are written into the cache, then they attend
+        to every slot up to their own. Writing before reading lets XLA update a donated (or
+        scan-carried) cache in place; reading first made it copy the cache (bench.md, decoding)."""
         c = self.config
         q, k, v = self._qkv(x)
-        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, rotary.rotate(k).astype(cache_k.dtype), index, axis=1)
-        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-        q_idx = index + jnp.arange(x.shape[1])
-        out = attention_lib.dense_attention(rotary.rotate(q), cache_k, cache_v, q_idx, jnp.arange(cache_k.shape[1]),
-                                            window=c.sliding_window)
+        cache_k = _write(cache_k, rotary.rotate(k).transpose(0, 2, 1, 3), index)
+        cache_v = _write(cache_v, v.transpose(0, 2, 1, 3), index)
+        out = attention_lib.cached_attention(rotary.rotate(q), cache_k, cache_v, index, window=c.sliding_window)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), cache_k, cache_v
+
+
+def _write(buffer, new, index):
+    """new [B, K, t, D] into a layer's cache buffer [B*K, S, D] at slots index..index+t-1."""
+    new = new.reshape(-1, *new.shape[2:]).astype(buffer.dtype)
+    if buffer.dtype.itemsize == 2:
+        # XLA's CPU backend computes a bfloat16 dynamic-update-slice in float32, converting the
+        # whole buffer both ways per token; the same bits as uint16 are written in place.
+        bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)  # noqa: E731
+        written = jax.lax.dynamic_update_slice_in_dim(bits(buffer), bits(new), index, axis=1)
+        return jax.lax.bitcast_convert_type(written, buffer.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(buffer, new, index, axis=1)
 
 
 class DecoderLayer(nnx.Module):
@@ -453,12 +465,11 @@ class Decoder(nnx.Module):
         x, ks, vs = self._embed(input_ids), [], []
         for layer in self.layers:
             x, k, v = layer.forward_kv(x, rotary)
-            ks.append(k.astype(cache["k"].dtype))
-            vs.append(v.astype(cache["v"].dtype))
-        put = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(buffer, new, 0, axis=2)  # noqa: E731
+            ks.append(_write(cache["k"][len(ks)], k.transpose(0, 2, 1, 3), 0))
+            vs.append(_write(cache["v"][len(vs)], v.transpose(0, 2, 1, 3), 0))
         tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32), 0, axis=1)
         length = jnp.asarray(length, jnp.int32)
-        return x, dict(cache, k=put(cache["k"], jnp.stack(ks)), v=put(cache["v"], jnp.stack(vs)), tokens=tokens,
+        return x, dict(cache, k=tuple(ks), v=tuple(vs), tokens=tokens,
                        index=length, rope_len=length)
 
     def decode(self, input_ids, cache: dict):
@@ -503,7 +514,7 @@ class Decoder(nnx.Module):
             x, k, v = layer.decode(x, rotary, cache["k"][i], cache["v"][i], index)
             new_k.append(k)
             new_v.append(v)
-        cache = dict(cache, k=jnp.stack(new_k), v=jnp.stack(new_v), index=index + t)
+        cache = dict(cache, k=tuple(new_k), v=tuple(new_v), index=index + t)
         return self._logits(x), cache
 
 
@@ -538,11 +549,17 @@ def token_losses(model: Decoder, hidden, targets, chunk: int = 0):
 
 
 def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> dict:
-    """An empty KV cache: k and v [layers, B, cache_size, kv_heads, head_dim], the fill index, and
-    (for exact dynamic decoding) the tokens so far and the length its keys were computed at."""
-    shape = (config.num_layers, batch_size, cache_size, config.num_kv_heads, config.head_dim)
+    """An empty KV cache: k and v, a tuple of one buffer [B * kv_heads, cache_size, head_dim] per
+    layer, the fill index, and
+    (for exact dynamic decoding) the tokens so far and the length its keys were computed at.
+
+    The layout is what decoding's attention reads without a copy on XLA's CPU backend (bench.md,
+    decoding): a layer sliced out of one stacked array, or a [B, K, S, D] buffer reshaped for the
+    batched matmul, was copied per generated token."""
+    shape = (batch_size * config.num_kv_heads, cache_size, config.head_dim)
     dtype = dtype or config.dtype
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.int32(0),
+    empty = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))  # noqa: E731
+    return {"k": empty(), "v": empty(), "index": jnp.int32(0),
             "tokens": jnp.zeros((batch_size, cache_size), jnp.int32), "rope_len": jnp.int32(0)}
 
 
