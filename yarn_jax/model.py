@@ -293,7 +293,7 @@ class Attention(nnx.Module):
         """New tokens x [B, t, E] at cache slots index..index+t-1 (this layer's cache_k, cache_v
         [B*K, S, D]): their rotated keys and values are written into the cache, then they attend
         to every slot up to their own. Writing before reading lets XLA update a donated (or
-        scan-carried) cache in place; reading first made it copy the cache (bench.md, decoding)."""
+        scan-carried) cache in place; reading first made it copy the cache (bench.md, "Cached decoding")."""
         c = self.config
         q, k, v = self._qkv(x)
         cache_k = _write(cache_k, rotary.rotate(k).transpose(0, 2, 1, 3), index)
@@ -554,7 +554,7 @@ def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None
     (for exact dynamic decoding) the tokens so far and the length its keys were computed at.
 
     The layout is what decoding's attention reads without a copy on XLA's CPU backend (bench.md,
-    decoding): a layer sliced out of one stacked array, or a [B, K, S, D] buffer reshaped for the
+    "Cached decoding"): a layer sliced out of one stacked array, or a [B, K, S, D] buffer reshaped for the
     batched matmul, was copied per generated token."""
     shape = (batch_size * config.num_kv_heads, cache_size, config.head_dim)
     dtype = dtype or config.dtype
