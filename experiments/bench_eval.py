@@ -148,21 +148,30 @@ def jax_child(task: str, dtype: str, length: int) -> dict:
     seconds = time.perf_counter() - start
     peak = peak_rss_gib()  # the passkey path's; the decode timing below holds a second cache
     logits, cache = prefill(state, padded, cache, jnp.int32(len(prompt)))
+    step_s = seconds_per_decode_step(decode, state, logits, cache, NEW_TOKENS - 1)
+    return {"seconds": seconds, "decode_tokens_per_s": 1 / step_s, "tokens": tokens.tolist(), "peak_rss_gib": peak}
+
+
+def seconds_per_decode_step(decode, state, logits, cache, steps: int) -> float:
+    """Greedy one-token steps of a compiled ``decode(state, token, cache)`` from a prefill's
+    ``logits`` and ``cache`` (room for steps + 2 more tokens): two untimed (the first compiles, the
+    second sees the cache as decode returns it), then ``steps`` timed."""
+    import jax
+    import jax.numpy as jnp
+
     token = jnp.argmax(logits, axis=-1)[:, None].astype(jnp.int32)
-    for _ in range(2):  # untimed: the first call compiles, the second sees the cache as decode returns it
+    for _ in range(2):
         logits, cache = decode(state, token, cache)
         token = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)
     # JAX dispatches asynchronously: without this wait the prefill still running (tens of seconds)
-    # would be timed as decoding (the first edition of these rows did exactly that).
+    # would be timed as decoding (the first edition of bench_eval's rows did exactly that).
     jax.block_until_ready((token, cache))
     start = time.perf_counter()
-    for _ in range(NEW_TOKENS - 1):
+    for _ in range(steps):
         logits, cache = decode(state, token, cache)
         token = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)
     jax.block_until_ready(token)
-    decode_s = time.perf_counter() - start
-    return {"seconds": seconds, "decode_tokens_per_s": (NEW_TOKENS - 1) / decode_s, "tokens": tokens.tolist(),
-            "peak_rss_gib": peak}
+    return (time.perf_counter() - start) / steps
 
 
 def passkey_ids(tokenizer, length: int):

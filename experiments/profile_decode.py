@@ -18,7 +18,6 @@ import argparse
 import os
 import re
 import sys
-import time
 
 import numpy as np
 
@@ -54,21 +53,11 @@ def main(argv=None) -> None:
     rows = []
     for length in [int(x) for x in args.lengths.split(",")]:
         ids = np.asarray([[tokenizer.bos_id] + bench_eval.long_text_ids(tokenizer, length)], np.int32)
-        cache = model_lib.init_cache(config, 1, length + args.steps + 2)
-        logits, cache = prefill(state, ids, cache)
-        token = jnp.argmax(logits, axis=-1)[:, None].astype(jnp.int32)
-        copies = cache_copies(decode.lower(state, token, cache).compile().as_text(), length + args.steps + 2)
-        for _ in range(2):
-            logits, cache = decode(state, token, cache)
-            token = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)
-        jax.block_until_ready((token, cache))  # the prefill and the untimed steps are done
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            logits, cache = decode(state, token, cache)
-            token = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)
-        jax.block_until_ready(token)
-        rows.append((length, (time.perf_counter() - start) / args.steps, copies))
-        del cache
+        size = length + args.steps + 2
+        logits, cache = prefill(state, ids, model_lib.init_cache(config, 1, size))
+        token = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+        copies = cache_copies(decode.lower(state, token, cache).compile().as_text(), size)
+        rows.append((length, bench_eval.seconds_per_decode_step(decode, state, logits, cache, args.steps), copies))
     print(f"\nSmolLM2-135M cached decoding, {args.dtype}, batch 1; CPU: {bench_eval.cpu_description()}\n")
     print("| cache tokens | s / token | tokens / s | cache copies per step |\n|---:|---:|---:|---:|")
     for length, seconds, copies in rows:

@@ -296,15 +296,16 @@ class Attention(nnx.Module):
         scan-carried) cache in place; reading first made it copy the cache (bench.md, "Cached decoding")."""
         c = self.config
         q, k, v = self._qkv(x)
-        cache_k = _write(cache_k, rotary.rotate(k).transpose(0, 2, 1, 3), index)
-        cache_v = _write(cache_v, v.transpose(0, 2, 1, 3), index)
+        cache_k = _write(cache_k, rotary.rotate(k), index)
+        cache_v = _write(cache_v, v, index)
         out = attention_lib.cached_attention(rotary.rotate(q), cache_k, cache_v, index, window=c.sliding_window)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), cache_k, cache_v
 
 
 def _write(buffer, new, index):
-    """new [B, K, t, D] into a layer's cache buffer [B*K, S, D] at slots index..index+t-1."""
-    new = new.reshape(-1, *new.shape[2:]).astype(buffer.dtype)
+    """Keys or values new [B, t, K, D] into a layer's cache buffer [B*K, S, D] at slots
+    index..index+t-1."""
+    new = new.transpose(0, 2, 1, 3).reshape(-1, new.shape[1], new.shape[3]).astype(buffer.dtype)
     if buffer.dtype.itemsize == 2:
         # XLA's CPU backend computes a bfloat16 dynamic-update-slice in float32, converting the
         # whole buffer both ways per token; the same bits as uint16 are written in place.
@@ -463,10 +464,10 @@ class Decoder(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
         rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
         x, ks, vs = self._embed(input_ids), [], []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x, k, v = layer.forward_kv(x, rotary)
-            ks.append(_write(cache["k"][len(ks)], k.transpose(0, 2, 1, 3), 0))
-            vs.append(_write(cache["v"][len(vs)], v.transpose(0, 2, 1, 3), 0))
+            ks.append(_write(cache["k"][i], k, 0))
+            vs.append(_write(cache["v"][i], v, 0))
         tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32), 0, axis=1)
         length = jnp.asarray(length, jnp.int32)
         return x, dict(cache, k=tuple(ks), v=tuple(vs), tokens=tokens,
@@ -550,12 +551,12 @@ def token_losses(model: Decoder, hidden, targets, chunk: int = 0):
 
 def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> dict:
     """An empty KV cache: k and v, a tuple of one buffer [B * kv_heads, cache_size, head_dim] per
-    layer, the fill index, and
-    (for exact dynamic decoding) the tokens so far and the length its keys were computed at.
+    layer, the fill index, and (for exact dynamic decoding) the tokens so far and the length its
+    keys were computed at.
 
     The layout is what decoding's attention reads without a copy on XLA's CPU backend (bench.md,
-    "Cached decoding"): a layer sliced out of one stacked array, or a [B, K, S, D] buffer reshaped for the
-    batched matmul, was copied per generated token."""
+    "Cached decoding"): a layer sliced out of one stacked array, or a [B, K, S, D] buffer reshaped
+    for the batched matmul, was copied per generated token."""
     shape = (batch_size * config.num_kv_heads, cache_size, config.head_dim)
     dtype = dtype or config.dtype
     empty = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))  # noqa: E731
