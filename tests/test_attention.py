@@ -117,6 +117,35 @@ def test_flash_cpu_native_bf16_equals_dense_float32_on_the_same_inputs(b, t, hea
                                    err_msg=f"d{name}")
 
 
+needs_cached_kernel = pytest.mark.skipif(not (flash_cpu.available() and flash_cpu.cached_available()),
+                                         reason="flash_cpu has no cached forward here (needs AVX-512)")
+
+
+@needs_cached_kernel
+@pytest.mark.parametrize("cache_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("offset, t, kv_heads, d, window", [
+    (0, 130, 2, 32, None), (70, 37, 2, 16, None), (64, 64, 1, 64, None), (200, 1, 4, 16, None),
+    (150, 100, 2, 32, 50), (5, 250, 1, 48, 64),
+])
+def test_flash_cpu_cached_attention_equals_dense_cached_attention(cache_dtype, offset, t, kv_heads, d, window):
+    """Chunked prefill's kernel: a chunk's queries at positions offset.. against a heads-first KV cache
+    holding every slot up to the chunk's last, read in place in its own dtype. Query tiles that start
+    off the 64-key tile grid, chunks of one token, windows and GQA/MQA; slots past the chunk hold NaN,
+    which the kernel must never read (the dense reference sees zeros there)."""
+    b, h, size = 2, 4, 320
+    rng = np.random.default_rng(offset + t)
+    q = jnp.asarray(rng.standard_normal((b, t, h, d)), jnp.float32)
+    cache_k, cache_v = (jnp.asarray(rng.standard_normal((b * kv_heads, size, d)), cache_dtype) for _ in "kv")
+    end = offset + t
+    unwritten = lambda x, fill: x.at[:, end:].set(fill)  # noqa: E731
+    got = attention_lib.cached_attention(q, unwritten(cache_k, np.nan), unwritten(cache_v, np.nan), jnp.int32(offset),
+                                         window=window, implementation="flash_cpu")
+    want = attention_lib.cached_attention(q, unwritten(cache_k, 0).astype(jnp.float32),
+                                          unwritten(cache_v, 0).astype(jnp.float32), offset, window=window)
+    assert got.dtype == jnp.float32 and got.shape == q.shape
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
 @needs_flash_cpu
 def test_flash_cpu_without_native_bf16_casts_to_float32(monkeypatch):
     q, k, v, segments = _inputs(9, t=150, h=6, k=2, d=32)

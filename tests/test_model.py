@@ -136,6 +136,67 @@ def test_a_bfloat16_cache_holds_the_float32_cache_rounded():
         assert not got[:, 10:].any() and got[:, :10].all()
 
 
+needs_chunked_prefill = pytest.mark.skipif(
+    not model_lib.chunked_prefill(model_lib.ModelConfig(head_dim=16)),
+    reason="chunked prefill needs flash_cpu's cached forward (AVX-512)")
+
+
+@needs_chunked_prefill
+@pytest.mark.parametrize("rope, sliding_window, dtype", [
+    ("default", None, "float32"), ("default", 5, "float32"), ("default", None, "bfloat16"),
+    ("dynamic_yarn:original_max_position_embeddings=16", None, "float32"),
+])
+def test_chunked_prefill_equals_one_pass(rope, sliding_window, dtype):
+    """A 30-token prompt (25 real, 5 padding) in chunks of 8 (starts 0, 8, 16, 22: the last one
+    overlaps) gives the one-pass prefill's logits and cache, and the same decoding after it; with a
+    length-dependent rope every chunk uses the whole prompt's length. (The cache is in the model's
+    dtype: chunks attend to the cache, so a bfloat16 cache under a float32 model would differ from
+    one pass by its rounding, as decoding steps do.)"""
+    one_pass = _tiny(rope, initializer_range=0.3, head_dim=16, sliding_window=sliding_window, prefill_chunk=0,
+                     dtype=dtype, matmul="xla")
+    chunked = model_lib.with_config(one_pass, one_pass.config.replace(prefill_chunk=8))
+    ids = jnp.asarray(np.random.default_rng(10).integers(0, 61, (2, 30)))
+    prefill = nnx.jit(lambda model, ids, cache: model.prefill(ids, cache, jnp.int32(25)))
+    results = {}
+    for name, model in (("one pass", one_pass), ("chunked", chunked)):
+        logits, cache = prefill(model, ids, model_lib.init_cache(model.config, 2, 34))
+        steps = [logits]
+        for i in range(25, 29):
+            step_logits, cache = _decode(model, ids[:, i:i + 1], cache)
+            steps.append(step_logits[:, -1])
+        results[name] = steps, cache
+    (want, want_cache), (got, got_cache) = results["one pass"], results["chunked"]
+    # bfloat16: XLA keeps excess precision inside one program, so one pass hands the attention
+    # kernel unrounded keys and values where chunks read the rounded cache (layer 0's cached keys
+    # agree exactly; outputs drift by a few bf16 ulps per layer). A wrong offset or mask would be
+    # off by O(1). The kernel's bfloat16 reads are tested exactly in test_attention.py.
+    tol = 2e-5 if dtype == "float32" else 0.15
+    for step, (a, b) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(a, b, atol=tol, err_msg=f"step {step}")
+    for name in ("k", "v"):
+        for layer, (a, b) in enumerate(zip(got_cache[name], want_cache[name])):
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol,
+                                       err_msg=f"{name} layer {layer}")
+    assert int(got_cache["index"]) == int(want_cache["index"]) == 29
+
+
+@needs_chunked_prefill
+def test_chunked_prefill_keeps_only_one_chunk_of_activations():
+    """The point of chunks: the compiled prefill's scratch memory (XLA's own accounting) is a
+    chunk's activations, not the prompt's: 2048 tokens in chunks of 256 need a small fraction of
+    one pass's."""
+    config = model_lib.ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=512, num_layers=2, num_heads=4,
+                                   num_kv_heads=2, head_dim=16)
+    scratch = {}
+    for chunk in (0, 256):
+        model = model_lib.Decoder(config.replace(prefill_chunk=chunk), rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(model)
+        ids, cache = jnp.zeros((1, 2048), jnp.int32), model_lib.init_cache(model.config, 1, 2048)
+        prefill = jax.jit(lambda state, ids, cache: nnx.merge(graphdef, state).prefill(ids, cache), donate_argnums=2)
+        scratch[chunk] = prefill.lower(state, ids, cache).compile().memory_analysis().temp_size_in_bytes
+    assert scratch[256] < scratch[0] / 4, scratch
+
+
 def test_transformers_cache_mode_differs_from_exact_only_past_the_original_length():
     rope = "dynamic:factor=4,original_max_position_embeddings=16"
     exact = _tiny(rope, initializer_range=0.3)

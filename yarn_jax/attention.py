@@ -153,11 +153,29 @@ def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None
     return _heads_last(out, t, h).astype(q.dtype)
 
 
-def cached_attention(q, cache_k, cache_v, index, window=None, scale=None):
+def cached_kernel(implementation: str, dtype, head_dim: int) -> bool:
+    """Whether ``cached_attention(..., implementation="flash_cpu")`` runs for a model whose
+    attention is ``implementation``: it resolves to flash_cpu here and the kernel can read a cache."""
+    try:
+        resolved = resolve_implementation(implementation, _AUTO_CHUNKED_FROM, dtype, head_dim)
+    except ValueError:
+        return False
+    return resolved == "flash_cpu" and flash_cpu.supports(head_dim) and flash_cpu.cached_available()
+
+
+def cached_attention(q, cache_k, cache_v, index, window=None, scale=None, implementation: str = "xla"):
     """KV-cache decoding: t new tokens, queries q [B, t, H, D] at positions index..index+t-1, attend
     causally to the cache (cache_k, cache_v [B*K, S, D], heads first, already holding their own
-    keys and values). The cache is read where it lies, in its own dtype and layout: one batched
-    matmul per (batch, kv head) with float32 accumulation, no transposed or upcast copy of it."""
+    keys and values). The cache is read where it lies, in its own dtype and layout.
+
+    ``xla``: one batched matmul per (batch, kv head) with float32 accumulation, no transposed or
+    upcast copy of the cache, over all S slots ([B, H, t, S] logits: for a few tokens).
+    ``flash_cpu``: the fused kernel (``flash_cpu.cached_attention``), O(t) memory, visiting only
+    the slots up to the last query: for chunks of many tokens (chunked prefill)."""
+    if implementation == "flash_cpu":
+        return flash_cpu.cached_attention(q, cache_k, cache_v, index, window, scale)
+    if implementation != "xla":
+        raise ValueError(f"cached_attention: implementation must be 'xla' or 'flash_cpu'; got {implementation!r}")
     scale = default_scale(q, scale)
     b, t, h, _ = q.shape
     kv_heads, size = cache_k.shape[0] // b, cache_k.shape[1]

@@ -40,7 +40,8 @@ SOURCE = Path(__file__).parent / "csrc" / "flash_attention_cpu.cc"
 HEAD_DIM_MULTIPLE = 16  # the kernel's inner loops run over 16 floats at a time
 _TARGETS = {"yarn_flash_attention_cpu_fwd": "YarnFlashAttentionForward",
             "yarn_flash_attention_cpu_fwd_bf16": "YarnFlashAttentionForwardBf16",
-            "yarn_flash_attention_cpu_bwd": "YarnFlashAttentionBackward"}
+            "yarn_flash_attention_cpu_bwd": "YarnFlashAttentionBackward",
+            "yarn_flash_attention_cpu_fwd_cached": "YarnFlashAttentionForwardCached"}
 _lock = threading.Lock()
 _library: list[ctypes.CDLL] = []  # the loaded kernel, once _load() succeeded
 
@@ -81,6 +82,13 @@ def native_bf16() -> bool:
     return _load()[0] and bool(_library) and bool(_library[0].YarnFlashAttentionNativeBf16())
 
 
+@functools.cache
+def cached_available() -> bool:
+    """Whether ``cached_attention`` runs here: the kernel's AVX-512 build (its AVX2 fallback has no
+    cached forward)."""
+    return _load()[0] and bool(_library) and bool(_library[0].YarnFlashAttentionCached())
+
+
 def available() -> bool:
     """Whether the fused CPU kernel can run in this process (compiles it on the first call)."""
     return not unavailable_reason()
@@ -112,6 +120,29 @@ def flash_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None):
         return _flash(q, k, v, segment_ids, window, scale)
     q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
     return _flash(q32, k32, v32, segment_ids, window, scale).astype(q.dtype)
+
+
+def cached_attention(q, cache_k, cache_v, offset, sliding_window=None, scale=None):
+    """Chunked prefill's attention: queries q [B, t, H, D] at positions offset .. offset + t - 1
+    attend causally to a KV cache (cache_k, cache_v [B*K, S, D], float32 or bfloat16, heads first
+    as ``model.init_cache`` lays it out) that already holds positions 0 .. offset + t - 1. The
+    cache is read in place (a 16-bit cache converted tile by tile, never copied whole), so a
+    chunk costs its own activations whatever the cache's length. ``offset`` may be traced.
+    Equals ``attention.cached_attention``; computes in float32, returns q's dtype. Forward only."""
+    if not cached_available():
+        raise ValueError(f"flash_cpu.cached_attention is unavailable: {unavailable_reason() or 'needs AVX-512'}")
+    b, t, h, d = q.shape
+    if not supports(d):
+        raise ValueError(f"flash_cpu.cached_attention needs a head dim divisible by {HEAD_DIM_MULTIPLE}; got {d}")
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    segment_ids = jnp.zeros((b, cache_k.shape[1]), jnp.int32)
+    out, _ = jax.ffi.ffi_call(
+        "yarn_flash_attention_cpu_fwd_cached",
+        (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
+        vmap_method="sequential",
+    )(q.astype(jnp.float32), cache_k, cache_v, segment_ids, jnp.asarray(offset, jnp.int32),
+      scale=np.float32(scale), window=np.int64(int(sliding_window or 0)))
+    return out.astype(q.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

@@ -77,6 +77,9 @@ class ModelConfig:
     param_dtype: str = _runtime("float32")
     remat: str = _runtime("none")
     dynamic_cache: str = _runtime("exact")
+    # Prompts longer than this many tokens are prefilled this many at a time (0: in one pass), where
+    # the attention kernel can read a KV cache (flash_cpu's AVX-512 build; see Decoder.prefill).
+    prefill_chunk: int = _runtime(4096)
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -108,6 +111,9 @@ class ModelConfig:
             except TypeError:
                 raise ValueError(f"ModelConfig.{name}: not a dtype name (float32, bfloat16, float16): "
                                  f"{getattr(self, name)!r}") from None
+        if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
+            raise ValueError(f"ModelConfig.prefill_chunk: must be 0 (one pass) or a positive number of tokens; "
+                             f"got {self.prefill_chunk!r}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"ModelConfig.sliding_window: must be None or a positive integer; got {self.sliding_window}")
 
@@ -298,8 +304,16 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x)
         cache_k = _write(cache_k, rotary.rotate(k), index)
         cache_v = _write(cache_v, v, index)
-        out = attention_lib.cached_attention(rotary.rotate(q), cache_k, cache_v, index, window=c.sliding_window)
+        kernel = "flash_cpu" if x.shape[1] > 1 and chunked_prefill(c) else "xla"
+        out = attention_lib.cached_attention(rotary.rotate(q), cache_k, cache_v, index, window=c.sliding_window,
+                                             implementation=kernel)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), cache_k, cache_v
+
+
+def chunked_prefill(config: ModelConfig) -> bool:
+    """Whether long prompts are prefilled in chunks of ``config.prefill_chunk`` tokens: the model's
+    attention is flash_cpu and its kernel can read a KV cache in place (``flash_cpu.cached_available``)."""
+    return bool(config.prefill_chunk) and attention_lib.cached_kernel(config.attention, config.dtype, config.head_dim)
 
 
 def _write(buffer, new, index):
@@ -443,14 +457,19 @@ class Decoder(nnx.Module):
         return x
 
     def prefill(self, input_ids, cache: dict, length=None):
-        """Fills an empty ``cache`` with tokens [B, S] (S <= cache size) in one causal forward pass
-        through the model's own attention kernel: O(S) memory with a flash kernel, where decoding
-        a long prompt token by token (or as one dense block) would need [S, S] attention logits.
+        """Fills an empty ``cache`` with tokens [B, S] (S <= cache size). Returns float32 logits
+        [B, vocab] of position ``length - 1`` (the next token's) and the cache, positioned at ``length``.
 
         Only the first ``length`` tokens (default S; may be traced, so prompts of any length up to
         S share one compiled program) count: the rest is padding, which causal attention keeps
-        out of them and which later decoding steps overwrite. Returns float32 logits [B, vocab] of
-        position ``length - 1`` (the next token's) and the cache, positioned at ``length``.
+        out of them and which later decoding steps overwrite.
+
+        Memory: a prompt longer than ``config.prefill_chunk`` is run ``prefill_chunk`` tokens at a
+        time (``chunked_prefill``): each chunk writes its keys and values into the cache, then its
+        queries attend to the cache so far through the flash kernel, so a prompt costs the cache
+        plus one chunk's activations at any length. Otherwise it is one causal pass through the
+        model's attention kernel (O(S) activations with a flash kernel; decoding a long prompt as
+        one dense block would need [S, S] logits).
         """
         length = input_ids.shape[1] if length is None else length
         hidden, cache = self._prefill(input_ids, cache, length)
@@ -460,18 +479,53 @@ class Decoder(nnx.Module):
     def _prefill(self, input_ids, cache: dict, length):
         """Hidden states [B, S, hidden] of the tokens and the cache holding their keys and values."""
         c = self.config
+        tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32), 0, axis=1)
+        if input_ids.shape[1] > c.prefill_chunk and chunked_prefill(c):
+            hidden, ks, vs = self._prefill_chunks(input_ids, cache["k"], cache["v"], length)
+        else:
+            hidden, ks, vs = self._prefill_one_pass(input_ids, cache["k"], cache["v"], length)
+        length = jnp.asarray(length, jnp.int32)
+        return hidden, dict(cache, k=ks, v=vs, tokens=tokens, index=length, rope_len=length)
+
+    def _prefill_one_pass(self, input_ids, cache_k, cache_v, length):
+        c = self.config
         b, s = input_ids.shape
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
         rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
         x, ks, vs = self._embed(input_ids), [], []
         for i, layer in enumerate(self.layers):
             x, k, v = layer.forward_kv(x, rotary)
-            ks.append(_write(cache["k"][i], k, 0))
-            vs.append(_write(cache["v"][i], v, 0))
-        tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32), 0, axis=1)
-        length = jnp.asarray(length, jnp.int32)
-        return x, dict(cache, k=tuple(ks), v=tuple(vs), tokens=tokens,
-                       index=length, rope_len=length)
+            ks.append(_write(cache_k[i], k, 0))
+            vs.append(_write(cache_v[i], v, 0))
+        return x, tuple(ks), tuple(vs)
+
+    def _prefill_chunks(self, input_ids, cache_k, cache_v, length):
+        """``_prefill_one_pass`` as a scan over chunks of ``prefill_chunk`` tokens, each one a
+        cached decoding step of many tokens. The last chunk ends at S (it starts earlier, and
+        recomputes some positions, when the chunk does not divide S): no padding past the prompt,
+        which the cache may have no room for. Every chunk uses the rope of the whole prompt
+        (rope length ``length``), as one pass does."""
+        c = self.config
+        b, s = input_ids.shape
+        chunk = c.prefill_chunk
+        starts = jnp.asarray([min(i * chunk, s - chunk) for i in range(-(-s // chunk))], jnp.int32)
+
+        def step(carry, start):
+            ks, vs, hidden = carry
+            ids = jax.lax.dynamic_slice_in_dim(input_ids, start, chunk, axis=1)
+            positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk))
+            rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
+            x, new_k, new_v = self._embed(ids), [], []
+            for i, layer in enumerate(self.layers):
+                x, k, v = layer.decode(x, rotary, ks[i], vs[i], start)
+                new_k.append(k)
+                new_v.append(v)
+            hidden = jax.lax.dynamic_update_slice_in_dim(hidden, x.astype(hidden.dtype), start, axis=1)
+            return (tuple(new_k), tuple(new_v), hidden), None
+
+        hidden = jnp.zeros((b, s, c.hidden_size), c.dtype)
+        (ks, vs, hidden), _ = jax.lax.scan(step, (tuple(cache_k), tuple(cache_v), hidden), starts)
+        return hidden, ks, vs
 
     def decode(self, input_ids, cache: dict):
         """Cached decoding of t new tokens [B, t] after ``cache["index"]`` tokens. Returns float32

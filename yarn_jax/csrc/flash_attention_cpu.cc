@@ -15,7 +15,9 @@
 //
 // Three forwards, picked at compile time (-march=native): AVX-512 float32; AVX2 float32 (the
 // fallback, 256-bit vectors); bfloat16 on AMX tiles (YarnFlashAttentionForwardBf16, which reports
-// unimplemented elsewhere; YarnFlashAttentionNativeBf16 says which).
+// unimplemented elsewhere; YarnFlashAttentionNativeBf16 says which). With AVX-512, a cached
+// forward (YarnFlashAttentionForwardCached) serves chunked prefill: a chunk's queries at positions
+// offset.. against a KV cache [B*K, S, D], float32 or bfloat16, read where it lies.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -357,51 +359,82 @@ T* scratch(size_t n) {
   return buffer.data();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> segment_ids, float scale, int64_t window,
-                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
-  auto qd = q.dimensions(), kd = k.dimensions();
-  const Dims dm{qd[0], qd[1], qd[2], kd[2], qd[3]};
-  if (dm.d % 16 || kd[1] != dm.t || dm.h % dm.kh)
-    return ffi::Error::InvalidArgument("flash_attention_cpu: head dim must be a multiple of 16, "
-                                       "k/v as long as q, kv heads dividing heads");
-  const int64_t tiles = (dm.t + kTile - 1) / kTile, groups = dm.h / dm.kh;
-  const int d = static_cast<int>(dm.d);
-  const int64_t kvrow = dm.kh * d, tile_size = static_cast<int64_t>(kTile) * d;
-  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
-  const int32_t* sp = segment_ids.typed_data();
-  float *op = out->typed_data(), *lp = lse->typed_data();
+// Where the key and value rows of one (batch, kv head) lie: the model's layout [B, T, K, D], or a
+// KV cache's [B*K, T, D] (heads first, as model.init_cache lays it out); float32 or bfloat16 bits.
+template <typename T>
+struct KvView {
+  const T *k, *v;
+  int64_t t, kh, d;
+  bool heads_first;
+  int64_t start(int64_t b, int64_t kvh, int64_t pos) const {
+    return heads_first ? ((b * kh + kvh) * t + pos) * d : ((b * t + pos) * kh + kvh) * d;
+  }
+  int64_t row() const { return heads_first ? d : kh * d; }
+};
 
-  // [B, K, tiles] x (kt [d, kTile], v [kTile, d]): as large as k and v together.
-  std::unique_ptr<float[]> packed(new float[dm.b * dm.kh * tiles * 2 * tile_size]);
-  parallel_for(pool, dm.b * dm.kh * tiles, [&](int64_t item) {
-    const int64_t j = item % tiles, kvh = (item / tiles) % dm.kh, b = item / (tiles * dm.kh);
-    const int64_t k0 = j * kTile;
-    const int kn = static_cast<int>(std::min<int64_t>(kTile, dm.t - k0));
+inline float to_f32(float x) { return x; }
+inline float to_f32(uint16_t bits) {
+  const uint32_t wide = uint32_t{bits} << 16;
+  float x;
+  std::memcpy(&x, &wide, sizeof x);
+  return x;
+}
+
+// One kv tile in float32 (kn rows at stride `row`, zero past kn): keys transposed kt [d, kTile],
+// values vt [kTile, d].
+template <typename T>
+void pack_tile_f32(const T* ks, const T* vs, int64_t row, int kn, int d, float* kt, float* vt) {
+  for (int r = 0; r < kTile; ++r)
+    for (int c = 0; c < d; ++c) {
+      kt[c * kTile + r] = r < kn ? to_f32(ks[r * row + c]) : 0.0f;
+      vt[r * d + c] = r < kn ? to_f32(vs[r * row + c]) : 0.0f;
+    }
+}
+
+// Queries q [B, Tq, H, D] at positions offset .. offset + Tq - 1 of the keys' sequence; out has
+// q's layout, lse is [B, H, Tq].
+struct QueryView {
+  const float* q;
+  float* out;
+  float* lse;
+  int64_t b, tq, h, offset;
+};
+
+// The forward over any query/key views: keys up to the last query's position are packed per kv
+// tile (keys past it are never visible), segment ids are [B, kv.t].
+template <typename T>
+void forward_f32(ffi::ThreadPool& pool, const QueryView& qv, const KvView<T>& kv, const int32_t* sp, float scale,
+                 int64_t window) {
+  const int64_t tk = qv.offset + qv.tq, ktiles = (tk + kTile - 1) / kTile, qtiles = (qv.tq + kTile - 1) / kTile;
+  const int64_t groups = qv.h / kv.kh;
+  const int d = static_cast<int>(kv.d);
+  const int64_t tile_size = static_cast<int64_t>(kTile) * d;
+
+  // [B, K, tiles] x (kt [d, kTile], v [kTile, d]): as large as the visible keys and values together.
+  std::unique_ptr<float[]> packed(new float[qv.b * kv.kh * ktiles * 2 * tile_size]);
+  parallel_for(pool, qv.b * kv.kh * ktiles, [&](int64_t item) {
+    const int64_t j = item % ktiles, kvh = (item / ktiles) % kv.kh, b = item / (ktiles * kv.kh);
+    const int64_t k0 = j * kTile, first = kv.start(b, kvh, k0);
     float* kt = packed.get() + item * 2 * tile_size;
-    float* vt = kt + tile_size;
-    const float* ks = kp + (b * dm.t + k0) * kvrow + kvh * d;
-    const float* vs = vp + (b * dm.t + k0) * kvrow + kvh * d;
-    transpose(kn, d, ks, static_cast<int>(kvrow), kt, kTile, kTile);
-    for (int r = 0; r < kTile; ++r)
-      for (int c = 0; c < d; ++c) vt[r * d + c] = r < kn ? vs[r * kvrow + c] : 0.0f;
+    pack_tile_f32(kv.k + first, kv.v + first, kv.row(), static_cast<int>(std::min<int64_t>(kTile, tk - k0)), d,
+                  kt, kt + tile_size);
   });
 
   // Units in decreasing query tile order: the causally longest first, so no thread is left with
   // a long unit at the end.
-  parallel_for(pool, dm.b * dm.kh * tiles, [&](int64_t item) {
-    const int64_t qt = tiles - 1 - item / (dm.b * dm.kh), kvh = item % dm.kh, b = (item / dm.kh) % dm.b;
-    const int64_t q0 = qt * kTile;
-    const int qn = static_cast<int>(std::min<int64_t>(kTile, dm.t - q0));
+  parallel_for(pool, qv.b * kv.kh * qtiles, [&](int64_t item) {
+    const int64_t qt = qtiles - 1 - item / (qv.b * kv.kh), kvh = item % kv.kh, b = (item / kv.kh) % qv.b;
+    const int64_t q0 = qv.offset + qt * kTile;  // positions in the keys' sequence
+    const int qn = static_cast<int>(std::min<int64_t>(kTile, qv.tq - qt * kTile));
     const int rows = static_cast<int>(groups) * qn;
-    const int32_t* seg = sp + b * dm.t;
+    const int32_t* seg = sp + b * kv.t;
     const float qscale = scale * kLog2e;
     float* buf = scratch<float>(static_cast<size_t>(rows) * (2 * d + 17));
     int32_t* ibuf = scratch<int32_t>(2 * static_cast<size_t>(rows));
     const Rows u{buf, buf + rows * d, buf + 2 * rows * d, buf + 2 * rows * d + rows, ibuf, ibuf + rows};
     for (int r = 0; r < rows; ++r) {
       const int64_t g = r / qn, t = q0 + r % qn;
-      const float* src = qp + ((b * dm.t + t) * dm.h + kvh * groups + g) * d;
+      const float* src = qv.q + ((b * qv.tq + t - qv.offset) * qv.h + kvh * groups + g) * d;
       for (int c = 0; c < d; ++c) u.q[r * d + c] = src[c] * qscale;
       u.m[r] = kNeg;
       u.pos[r] = static_cast<int32_t>(t);
@@ -413,8 +446,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
     kv_tiles(q0, qn, window, &lo, &hi);
     for (int64_t j = lo; j <= hi; ++j) {
       const int64_t k0 = j * kTile;
-      const int kn = static_cast<int>(std::min<int64_t>(kTile, dm.t - k0));
-      const float* kt = packed.get() + ((b * dm.kh + kvh) * tiles + j) * 2 * tile_size;
+      const int kn = static_cast<int>(std::min<int64_t>(kTile, tk - k0));
+      const float* kt = packed.get() + ((b * kv.kh + kvh) * ktiles + j) * 2 * tile_size;
       const KeyTile keys(k0, kn, seg);
       if (fully_visible(q0, qn, k0, kn, seg, window))
         fwd_tile_f32<false>(u, rows, d, kt, kt + tile_size, keys, window);
@@ -422,14 +455,59 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
         fwd_tile_f32<true>(u, rows, d, kt, kt + tile_size, keys, window);
     }
     for (int r = 0; r < rows; ++r) {
-      const int64_t g = r / qn, t = q0 + r % qn, h = kvh * groups + g;
+      const int64_t g = r / qn, t = q0 + r % qn - qv.offset, h = kvh * groups + g;
       const float sum = _mm512_reduce_add_ps(_mm512_loadu_ps(u.l + 16 * r));
       const float lr = sum == 0.0f ? 1.0f : sum;
-      float* dst = op + ((b * dm.t + t) * dm.h + h) * d;
+      float* dst = qv.out + ((b * qv.tq + t) * qv.h + h) * d;
       for (int c = 0; c < d; ++c) dst[c] = u.o[r * d + c] / lr;
-      lp[(b * dm.h + h) * dm.t + t] = u.m[r] * kLn2 + std::log(lr);
+      qv.lse[(b * qv.h + h) * qv.tq + t] = u.m[r] * kLn2 + std::log(lr);
     }
   });
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> segment_ids, float scale, int64_t window,
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  if (qd[3] % 16 || kd[1] != qd[1] || qd[2] % kd[2])
+    return ffi::Error::InvalidArgument("flash_attention_cpu: head dim must be a multiple of 16, "
+                                       "k/v as long as q, kv heads dividing heads");
+  forward_f32(pool, QueryView{q.typed_data(), out->typed_data(), lse->typed_data(), qd[0], qd[1], qd[2], 0},
+              KvView<float>{k.typed_data(), v.typed_data(), kd[1], kd[2], kd[3], false}, segment_ids.typed_data(),
+              scale, window);
+  return ffi::Error::Success();
+}
+
+// Chunked prefill (model.Decoder.prefill): the queries q [B, Tq, H, D] of a chunk at positions
+// offset .. offset + Tq - 1 attend to a KV cache k, v [B*K, S, D] (float32 or bfloat16, read in
+// place) that already holds the keys and values of positions 0 .. offset + Tq - 1; segment ids
+// [B, S]. Output float32 in q's layout, lse [B, H, Tq].
+ffi::Error ForwardCached(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                         ffi::Buffer<ffi::S32> segment_ids, ffi::Buffer<ffi::S32> offset, float scale,
+                         int64_t window, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  const int64_t b = qd[0], tq = qd[1], h = qd[2], d = qd[3];
+  const int64_t start = offset.typed_data()[0];
+  const auto type = k.element_type();
+  auto vd = v.dimensions();
+  if (kd.size() != 3 || vd.size() != 3 || !std::equal(kd.begin(), kd.end(), vd.begin()) || v.element_type() != type ||
+      (type != ffi::DataType::F32 && type != ffi::DataType::BF16))
+    return ffi::Error::InvalidArgument("flash_attention_cpu (cached): k and v must be [B*K, S, D] buffers of one "
+                                       "dtype, float32 or bfloat16");
+  if (d % 16 || kd[2] != d || kd[0] % b || h % (kd[0] / b) || segment_ids.dimensions()[1] != kd[1])
+    return ffi::Error::InvalidArgument("flash_attention_cpu (cached): head dim must be a multiple of 16 and match "
+                                       "the cache's, kv heads dividing heads, segment ids [B, S]");
+  if (start < 0 || start + tq > kd[1])
+    return ffi::Error::InvalidArgument("flash_attention_cpu (cached): the chunk must lie inside the cache");
+  const QueryView qv{q.typed_data(), out->typed_data(), lse->typed_data(), b, tq, h, start};
+  if (type == ffi::DataType::F32)
+    forward_f32(pool, qv, KvView<float>{static_cast<const float*>(k.untyped_data()),
+                                        static_cast<const float*>(v.untyped_data()), kd[1], kd[0] / b, d, true},
+                segment_ids.typed_data(), scale, window);
+  else
+    forward_f32(pool, qv, KvView<uint16_t>{static_cast<const uint16_t*>(k.untyped_data()),
+                                           static_cast<const uint16_t*>(v.untyped_data()), kd[1], kd[0] / b, d, true},
+                segment_ids.typed_data(), scale, window);
   return ffi::Error::Success();
 }
 
@@ -949,6 +1027,38 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(YarnFlashAttentionForwardBf16, ForwardBf16,
 extern "C" int YarnFlashAttentionNativeBf16() {
 #if defined(YARN_FLASH_AMX)
   return amx_permitted();
+#else
+  return 0;
+#endif
+}
+
+#if !defined(__AVX512F__)
+namespace {
+ffi::Error ForwardCached(ffi::ThreadPool, ffi::Buffer<ffi::F32>, ffi::AnyBuffer, ffi::AnyBuffer, ffi::Buffer<ffi::S32>,
+                         ffi::Buffer<ffi::S32>, float, int64_t, ffi::ResultBuffer<ffi::F32>,
+                         ffi::ResultBuffer<ffi::F32>) {
+  return ffi::Error(ffi::ErrorCode::kUnimplemented, "flash_attention_cpu: the cached forward needs AVX-512");
+}
+}  // namespace
+#endif
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(YarnFlashAttentionForwardCached, ForwardCached,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // q
+                                  .Arg<ffi::AnyBuffer>()         // cache k
+                                  .Arg<ffi::AnyBuffer>()         // cache v
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // segment_ids
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // offset (a scalar)
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("window")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+// Whether YarnFlashAttentionForwardCached runs here (the AVX-512 build).
+extern "C" int YarnFlashAttentionCached() {
+#if defined(__AVX512F__)
+  return 1;
 #else
   return 0;
 #endif
