@@ -117,6 +117,7 @@ EVALUATE = [  # (arguments with {placeholders}, expected message)
     ("perplexity --checkpoint {model} --data text:{texts} --lengths 64 --json {root}", "is a directory"),
     ("perplexity --checkpoint {model} --lengths 64 --samples -1", "--samples -1: must be an integer >= 0"),
     ("passkey --checkpoint {model} --lengths 64 --trials 0", "--trials 0: must be an integer >= 1"),
+    ("passkey --checkpoint {model} --lengths 64 --prefill-chunk -1", "--prefill-chunk -1: must be an integer >= 0"),
     ("perplexity --checkpoint {hf} --data text:{texts} --lengths 64 --min-doc-tokens 999999", "no document has"),
 ]
 DATA = [

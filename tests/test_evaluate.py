@@ -258,6 +258,26 @@ def test_memory_estimate_bounds_what_xla_allocates(attention):
         assert xla <= estimate <= 4 * xla, (rows, length, xla, estimate)
 
 
+@pytest.mark.parametrize("prefill_chunk", [0, 256])
+def test_passkey_memory_estimate_bounds_what_xla_allocates(prefill_chunk):
+    """A passkey trial holds the KV cache and one prefill pass: the whole prompt's activations in one
+    pass, one chunk's with chunked prefill (where the kernel allows it here)."""
+    import jax
+    from flax import nnx
+
+    config = model_lib.ModelConfig(vocab_size=3001, hidden_size=64, intermediate_size=512, num_layers=2, num_heads=4,
+                                   num_kv_heads=2, head_dim=16, prefill_chunk=prefill_chunk)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0))))
+    for length in (512, 4096):
+        prompt = jax.ShapeDtypeStruct((1, length), np.int32)
+        answer = jax.ShapeDtypeStruct((1, evaluate.ANSWER_SLOTS), np.int32)
+        compiled = evaluate._passkey_fn(graphdef, 10).lower(state, prompt, np.int32(length), answer).compile()
+        analysis = compiled.memory_analysis()
+        xla = analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+        estimate = evaluate.passkey_memory_estimate(config, length + evaluate.ANSWER_SLOTS)
+        assert xla <= estimate <= 4 * xla, (length, xla, estimate)
+
+
 def test_a_run_that_would_not_fit_is_refused_naming_what_to_change():
     config = model_lib.ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
                                    num_heads=9, num_kv_heads=3, attention="xla")

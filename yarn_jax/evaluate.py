@@ -191,6 +191,16 @@ def memory_estimate(config: model_lib.ModelConfig, rows: int, length: int) -> in
     return int(params + rows * (logits + activations + attention))
 
 
+def passkey_memory_estimate(config: model_lib.ModelConfig, width: int) -> int:
+    """Bytes a passkey trial over a ``width``-slot KV cache needs, erring high: the cache, plus one
+    forward pass over the tokens prefilled at a time (a chunk of ``prefill_chunk`` where the model
+    prefills in chunks, else the whole prompt)."""
+    c = config
+    cache = 2 * c.num_layers * width * c.num_kv_heads * c.head_dim * jnp.dtype(c.dtype).itemsize
+    at_once = min(width, c.prefill_chunk) if model_lib.chunked_prefill(c) else width
+    return memory_estimate(c, 1, at_once) + cache
+
+
 def available_memory() -> int | None:
     """Bytes the kernel says a new allocation can get (MemAvailable), or None where unknown."""
     try:
@@ -499,8 +509,10 @@ def _parse_lengths(text: str) -> list[int]:
 def _check_args(args) -> list[int]:
     """Every argument a user can get wrong, checked before anything is loaded."""
     lengths = _parse_lengths(args.lengths)
-    for name in ("samples", "trials", "depths", "batch_size", "min_doc_tokens"):
+    for name in ("samples", "trials", "depths", "batch_size", "min_doc_tokens", "prefill_chunk"):
         value = getattr(args, name)
+        if value is None:  # an optional flag left out
+            continue
         minimum = 1 if name == "trials" else 0
         if value < minimum:
             raise EvalError(f"--{name.replace('_', '-')} {value}: must be an integer >= {minimum}")
@@ -530,9 +542,7 @@ def check_memory(config: model_lib.ModelConfig, lengths: list[int], windows: dic
     for length in lengths:
         width = length + ANSWER_SLOTS if task == "passkey" else length
         want = 1 if task == "passkey" else batch_rows(windows[length], length, batch_size)
-        need = memory_estimate(config, want, width)
-        if task == "passkey":  # the KV cache of generation
-            need += 2 * config.num_layers * width * config.num_kv_heads * config.head_dim * jnp.dtype(config.dtype).itemsize
+        need = passkey_memory_estimate(config, width) if task == "passkey" else memory_estimate(config, want, width)
         while budget is not None and need > budget and want > 1 and not batch_size:
             want = max(1, want // 2)
             need = memory_estimate(config, want, width)
@@ -580,6 +590,8 @@ def run(args) -> dict:
     runtime = {"attention": args.attention or "auto"}
     if args.dtype:
         runtime.update(dtype=args.dtype, param_dtype=args.dtype)
+    if args.prefill_chunk is not None:
+        runtime.update(prefill_chunk=args.prefill_chunk)
     config = model_lib.configure(own_config, **runtime)
     windows = {}
     for length in lengths:
@@ -697,6 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attention", choices=[i for i in attention_lib.IMPLEMENTATIONS],
                         help="attention kernel (default auto)")
+    parser.add_argument("--prefill-chunk", type=int,
+                        help="passkey: prompts longer than this are prefilled this many tokens at a time, so memory "
+                             "is the KV cache plus one chunk's activations (default 4096; 0: one pass; needs "
+                             "flash_cpu's AVX-512 build, else one pass)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     return parser
