@@ -287,23 +287,30 @@ def main(argv=None) -> None:
         return
     ensure_model()
     lengths = [4096] if args.quick else [int(x) for x in args.lengths.split(",")]
-    rows = [measure(task, dtype, length) for length in lengths for dtype in args.dtypes.split(",")
-            for task in args.tasks.split(",")]
-    cpu = cpu_description()
+    cpu, rows = cpu_description(), []
+    for length in lengths:
+        for dtype in args.dtypes.split(","):
+            for task in args.tasks.split(","):
+                rows.append(measure(task, dtype, length))
+                rows[-1].update(cpu=cpu, date=time.strftime("%Y-%m-%d"))
+                if args.json:  # after every row: a run stopped after hours keeps what it measured
+                    save(args.json, [rows[-1]])
     print(f"\nSmolLM2-135M, one window / one prompt per row, each side in its own process; CPU: {cpu}\n")
     print(table(rows))
-    if args.json:  # rows measured now replace the file's rows of the same task, dtype and length
-        for row in rows:
-            row.update(cpu=cpu, date=time.strftime("%Y-%m-%d"))
-        kept = []
-        if os.path.exists(args.json):
-            with open(args.json) as f:
-                before = json.load(f)
-            measured = {(r["task"], r["dtype"], r["length"]) for r in rows}
-            kept = [r for r in before["rows"] if (r["task"], r["dtype"], r["length"]) not in measured]
-        merged = sorted(kept + rows, key=lambda r: (r["length"], r["dtype"], r["task"]))
-        with open(args.json, "w") as f:
-            json.dump({"rows": merged, "new_tokens": NEW_TOKENS}, f, indent=2)
+
+
+def save(path: str, rows: list[dict]) -> None:
+    """Merges rows into the JSON at path: they replace its rows of the same task, dtype and length."""
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        measured = {(r["task"], r["dtype"], r["length"]) for r in rows}
+        kept = [r for r in before["rows"] if (r["task"], r["dtype"], r["length"]) not in measured]
+    merged = sorted(kept + rows, key=lambda r: (r["length"], r["dtype"], r["task"]))
+    with open(path + ".tmp", "w") as f:
+        json.dump({"rows": merged, "new_tokens": NEW_TOKENS}, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
