@@ -25,7 +25,8 @@ hits both alike:
 Peak memory is each child process's VmHWM (model, compilation and everything else included),
 for passkey read right after the generation (before the decode timing's second prefill; before
 2026-11-27 04:50 it was read at the end, and PyTorch's passkey figure also held a warm-up forward
-with labels over 8192 tokens).
+with labels over 8192 tokens; until 2026-12-06 the yarn_jax figure also held the decode timing's
+cache, allocated before the generation).
 Both perplexities are printed (they should agree); the CPU model and its AVX-512 / AMX flags are
 recorded, since only same-run ratios compare.
 """
@@ -137,16 +138,15 @@ def jax_child(task: str, dtype: str, length: int) -> dict:
     key = jax.random.key(0)
     generate = model_lib._generate.lower(graphdef, state, padded, jnp.int32(len(prompt)), key,
                                          max_new_tokens=NEW_TOKENS, temperature=0.0, top_k=None).compile()
-    cache = model_lib.init_cache(config, 1, padded.shape[1] + 2 * NEW_TOKENS)  # room for the untimed steps
-    prefill = jax.jit(lambda s, ids, c, n: nnx.merge(graphdef, s).prefill(ids, c, n)).lower(
-        state, padded, cache, jnp.int32(len(prompt))).compile()
-    decode = jax.jit(lambda s, token, c: nnx.merge(graphdef, s).decode(token, c), donate_argnums=2)
     if length <= WARM_UP_UP_TO:
         jax.block_until_ready(generate(state, padded, jnp.int32(len(prompt)), key))
     start = time.perf_counter()
     tokens = np.asarray(generate(state, padded, jnp.int32(len(prompt)), key))[0]
     seconds = time.perf_counter() - start
-    peak = peak_rss_gib()  # the passkey path's; the decode timing below holds a second cache
+    peak = peak_rss_gib()  # the passkey path's: read before the decode timing allocates its own cache
+    cache = model_lib.init_cache(config, 1, padded.shape[1] + 2 * NEW_TOKENS)  # room for the untimed steps
+    prefill = jax.jit(lambda s, ids, c, n: nnx.merge(graphdef, s).prefill(ids, c, n))
+    decode = jax.jit(lambda s, token, c: nnx.merge(graphdef, s).decode(token, c), donate_argnums=2)
     logits, cache = prefill(state, padded, cache, jnp.int32(len(prompt)))
     step_s = seconds_per_decode_step(decode, state, logits, cache, NEW_TOKENS - 1)
     return {"seconds": seconds, "decode_tokens_per_s": 1 / step_s, "tokens": tokens.tolist(), "peak_rss_gib": peak}
