@@ -46,7 +46,7 @@ def measure(length: int, dtype: str, chunk: int, run: bool) -> dict:
 
     compiled = prefill.lower(state, ids).compile()
     analysis = compiled.memory_analysis()
-    row = {"chunk": chunk, "chunked": chunk > 0 and chunk < length and model_lib.chunked_prefill(model.config),
+    row = {"chunk": chunk, "chunked": chunk < length and model_lib.chunked_prefill(model.config),
            "weights_gib": analysis.argument_size_in_bytes / GIB, "cache_gib": analysis.output_size_in_bytes / GIB,
            "scratch_gib": analysis.temp_size_in_bytes / GIB}
     if run:

@@ -515,13 +515,9 @@ class Decoder(nnx.Module):
             ids = jax.lax.dynamic_slice_in_dim(input_ids, start, chunk, axis=1)
             positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk))
             rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
-            x, new_k, new_v = self._embed(ids), [], []
-            for i, layer in enumerate(self.layers):
-                x, k, v = layer.decode(x, rotary, ks[i], vs[i], start)
-                new_k.append(k)
-                new_v.append(v)
+            x, ks, vs = self._decode_layers(ids, rotary, ks, vs, start)
             hidden = jax.lax.dynamic_update_slice_in_dim(hidden, x.astype(hidden.dtype), start, axis=1)
-            return (tuple(new_k), tuple(new_v), hidden), None
+            return (ks, vs, hidden), None
 
         hidden = jnp.zeros((b, s, c.hidden_size), c.dtype)
         (ks, vs, hidden), _ = jax.lax.scan(step, (tuple(cache_k), tuple(cache_v), hidden), starts)
@@ -563,14 +559,18 @@ class Decoder(nnx.Module):
         b, t = input_ids.shape
         positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
         rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, seq_len), c.rope_layout)
-        x = self._embed(input_ids)
-        new_k, new_v = [], []
+        x, ks, vs = self._decode_layers(input_ids, rotary, cache["k"], cache["v"], index)
+        return self._logits(x), dict(cache, k=ks, v=vs, index=index + t)
+
+    def _decode_layers(self, input_ids, rotary, cache_k, cache_v, index):
+        """Tokens [B, t] at cache slots index.. through every layer, each writing its keys and values
+        into its cache buffer and attending to it: hidden states [B, t, hidden] and the new buffers."""
+        x, new_k, new_v = self._embed(input_ids), [], []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer.decode(x, rotary, cache["k"][i], cache["v"][i], index)
+            x, k, v = layer.decode(x, rotary, cache_k[i], cache_v[i], index)
             new_k.append(k)
             new_v.append(v)
-        cache = dict(cache, k=tuple(new_k), v=tuple(new_v), index=index + t)
-        return self._logits(x), cache
+        return x, tuple(new_k), tuple(new_v)
 
 
 def token_losses(model: Decoder, hidden, targets, chunk: int = 0):
