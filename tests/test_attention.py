@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from yarn_jax import attention as attention_lib
-from yarn_jax import cpu_build, flash_cpu
+from yarn_jax import accelerators, cpu_build, flash_cpu
 
 
 def _inputs(seed, b=2, t=100, h=4, k=2, d=16):
@@ -164,7 +164,7 @@ def test_flash_cpu_refuses_what_it_cannot_run(monkeypatch):
             attention_lib.attention(q, k, v, implementation="flash_cpu")
         assert attention_lib.resolve_implementation("auto", 128, head_dim=8) == "xla"
     monkeypatch.setattr(flash_cpu, "_load", lambda: (False, "no C++ compiler found (set $CXX or install g++)"))
-    with pytest.raises(ValueError, match="attention='flash_cpu' is unavailable: no C\\+\\+ compiler"):
+    with pytest.raises(ValueError, match="attention='flash_cpu' cannot run this step: no C\\+\\+ compiler"):
         attention_lib.attention(q, k, v, implementation="flash_cpu")
     assert attention_lib.resolve_implementation("auto", 8192) == "chunked"
 
@@ -206,7 +206,7 @@ def test_cudnn_call_arguments_match_the_reference():
     q, k, v, segments = _inputs(3, t=64)
     for window in (None, 9):
         expected = attention_lib.attention(q, k, v, segment_ids=segments, sliding_window=window)
-        got = attention_lib.cudnn_attention(q, k, v, segments, window, None, implementation="xla")
+        got = accelerators.cudnn_attention(q, k, v, segments, window, None, implementation="xla")
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -215,21 +215,23 @@ def test_splash_kernel_in_interpret_mode_matches_the_reference():
     q, k, v, segments = _inputs(4, b=1, t=256, d=32)
     for window in (None, 40):
         expected = attention_lib.attention(q, k, v, segment_ids=segments, sliding_window=window)
-        got = attention_lib.splash_attention(q, k, v, segments, window, None, interpret=True, block_size=128)
+        got = accelerators.splash_attention(q, k, v, segments, window, None, interpret=True, block_size=128)
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", ["cudnn", "splash"])
 def test_accelerator_kernels_refuse_the_cpu_instead_of_falling_back(implementation):
     q, k, v, _ = _inputs(5, t=8)
-    with pytest.raises(ValueError, match=f"attention='{implementation}' needs a"):
+    platform = {"cudnn": "GPU", "splash": "TPU"}[implementation]
+    with pytest.raises(ValueError, match=f"attention='{implementation}' cannot run this step: it runs on {platform}; "
+                                         "this step is compiled for 'cpu'. Kernels that can: xla, chunked"):
         attention_lib.attention(q, k, v, implementation=implementation)
 
 
 def test_auto_picks_flash_cpu_else_falls_back_and_unknown_names_are_refused(monkeypatch):
     if flash_cpu.available():
         assert attention_lib.resolve_implementation("auto", 128) == "flash_cpu"
-    monkeypatch.setattr(flash_cpu, "available", lambda: False)
+    monkeypatch.setattr(flash_cpu, "unavailable_reason", lambda: "disabled by YARN_JAX_FLASH_CPU=0")
     assert attention_lib.resolve_implementation("auto", 128) == "xla"
     assert attention_lib.resolve_implementation("auto", 8192) == "chunked"
     with pytest.raises(ValueError, match="attention: must be one of"):

@@ -1,20 +1,30 @@
-"""Causal grouped-query attention kernels, chosen by one switch (``implementation``).
+"""Causal grouped-query attention: the kernels, one registry that knows what each can run, and the
+one switch (``implementation``) that picks among them.
 
 Shapes: q [B, T, H, D], k and v [B, S, K, D] with K dividing H (grouped-query attention; K = H is
 multi-head, K = 1 multi-query). RoPE is applied by the caller (its temperature is folded into
 cos/sin), so every kernel computes plain softmax(q k^T * scale) v.
 
-- ``xla``: dense reference, materialises [T, S] logits (float32 softmax).
+- ``xla``: dense reference, materialises [T, S] logits (float32 softmax). Any platform.
 - ``chunked``: pure-JAX blockwise online softmax (FlashAttention-2's algorithm) with a custom
   VJP: only O(T) residuals are kept (output and log-sum-exp), the backward pass recomputes
   blocks, and blocks above the causal diagonal (or outside the sliding window) are never visited.
+  Any platform.
 - ``flash_cpu``: the same algorithm fused in one C++ kernel per direction for XLA's CPU backend
   (``flash_cpu.py``; compiled on first use, needs a C++ compiler and a head dim divisible by 16).
-- ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``; GPU only.
-- ``splash``: TPU Pallas splash attention; TPU only (``interpret=True`` runs it anywhere, slowly).
-- ``auto``: cudnn on GPU with 16-bit inputs, splash on TPU, flash_cpu on CPU where it is available,
-  else chunked for long sequences and xla for short ones. Only ``auto`` falls back; an explicit
-  kernel the backend lacks is an error.
+- ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``; GPU, 16-bit inputs.
+- ``splash``: TPU Pallas splash attention; lengths in multiples of 128 (``accelerators.py``).
+- ``auto``: the first kernel of the platform's list in ``AUTO`` that supports the step (splash on
+  TPU, cudnn on GPU, flash_cpu on CPU), else chunked for long sequences and xla for short ones.
+  Only ``auto`` falls back; an explicit kernel that cannot run is refused, naming why and which
+  kernels can.
+
+What a kernel can run is decided for a ``Target``: the platform of the devices the step is
+compiled for (the active mesh's devices, so a step compiled ahead of time for a TPU topology on a
+CPU host gets a TPU kernel; ``jax.default_backend()`` only without a mesh), dtype, head dim,
+length and mesh. Kernels that XLA cannot partition (Pallas, FFI and cuDNN calls) run on a mesh
+inside ``shard_map``, one call per device on its batch rows and heads; splash also takes queries
+split along the sequence (the ``context`` axis), the others gather the sequence.
 
 Masks: causal by token index; ``segment_ids`` [B, T] (packed documents never attend across each
 other); ``sliding_window`` W keeps keys with q_index - kv_index < W (Mistral's convention).
@@ -22,12 +32,15 @@ other); ``sliding_window`` W keeps keys with q_index - kv_index < W (Mistral's c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from yarn_jax import accelerators
 from yarn_jax import flash_cpu
 from yarn_jax import sharding
 
@@ -37,31 +50,188 @@ _NEG = -1e30  # finite "minus infinity": keeps exp() and max() NaN-free on fully
 # block size section) it was never far from the best, while smaller and larger blocks each lost
 # badly at one end of the range.
 DEFAULT_BLOCK_SIZE = 256
-_AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked on CPU
+_AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked over the dense kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry: what each kernel supports, how it runs (on a mesh too)
+# ------------------------------------------------------------------------------------------------
+
+
+def platform_of(mesh=None) -> str:
+    """The platform ("cpu", "gpu", "tpu") of the devices a step runs on: the mesh's (by default
+    the active ``sharding.activation_sharding`` mesh), else JAX's default backend."""
+    mesh = sharding.active_mesh() if mesh is None else mesh
+    if mesh is not None:
+        platform = mesh.devices.flat[0].platform
+        return "gpu" if platform in ("cuda", "rocm") else platform
+    return jax.default_backend()
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a kernel is asked to run: the platform of the step's devices, the input dtype, head
+    dim and sequence length, and the mesh (None: one device)."""
+
+    platform: str
+    dtype: Any
+    head_dim: int
+    seq_len: int
+    mesh: Any = None
+
+    def axis_size(self, axis: str) -> int:
+        return 1 if self.mesh is None else self.mesh.shape.get(axis, 1)
+
+
+def target(seq_len: int, dtype=jnp.float32, head_dim: int = 64, mesh=None) -> Target:
+    """The Target of a step here: under ``mesh`` (default: the active one)."""
+    mesh = sharding.active_mesh() if mesh is None else mesh
+    return Target(platform_of(mesh), jnp.dtype(dtype), int(head_dim), int(seq_len), mesh)
+
+
+def _needs_platform(platform: str, t: Target) -> str:
+    if t.platform == platform:
+        return ""
+    return f"it runs on {platform.upper()}; this step is compiled for {t.platform!r}"
+
+
+def _flash_cpu_unsupported(t: Target) -> str:
+    reason = _needs_platform("cpu", t) or flash_cpu.unavailable_reason()
+    if not reason and not flash_cpu.supports(t.head_dim):
+        reason = f"it needs a head dim divisible by {flash_cpu.HEAD_DIM_MULTIPLE}; got {t.head_dim}"
+    return reason
+
+
+def _flash_cpu_cached_unsupported(t: Target) -> str:
+    reason = _flash_cpu_unsupported(t)
+    if not reason and not flash_cpu.cached_available():
+        from yarn_jax import cpu_build
+
+        reason = f"its cached forward (chunked prefill) needs AVX-512; this CPU: {cpu_build.describe()}"
+    return reason
+
+
+def _cudnn_unsupported(t: Target) -> str:
+    reason = _needs_platform("gpu", t)
+    if not reason and t.dtype.itemsize != 2:
+        reason = f"it takes float16 or bfloat16 inputs; got {t.dtype.name}"
+    if not reason and (t.head_dim % 8 or t.head_dim > 256):
+        reason = f"it needs a head dim that is a multiple of 8 and at most 256 (128 before Hopper); got {t.head_dim}"
+    return reason
+
+
+def _splash_unsupported(t: Target) -> str:
+    return _needs_platform("tpu", t) or accelerators.splash_unsupported(t.seq_len, t.axis_size("context"))
+
+
+def _mesh_axes(mesh, q, k, shards_sequence: bool):
+    """(batch axes, heads axis, sequence axis) a per-device kernel is split over on ``mesh``: the
+    batch as the model shards it, heads only where query and kv heads both divide (each device
+    keeps whole GQA groups), and the sequence only for kernels that take a query slice."""
+    batch = sharding.logical_to_spec(("batch",), q.shape[:1], mesh)[0]
+    heads = sharding.logical_to_spec(("heads",), (math.gcd(q.shape[2], k.shape[2]),), mesh)[0]
+    length = sharding.logical_to_spec(("length",), q.shape[1:2], mesh)[0] if shards_sequence else None
+    return batch, heads, length
+
+
+def _run_dense(q, k, v, segment_ids, window, scale, block_size, mesh):
+    idx = jnp.arange(q.shape[1])
+    return dense_attention(q, k, v, idx, idx, segment_ids, segment_ids, window, scale)
+
+
+def _run_chunked(q, k, v, segment_ids, window, scale, block_size, mesh):
+    segments = one_segment(q) if segment_ids is None else segment_ids.astype(jnp.int32)
+    return chunked_attention(q, k, v, segments, window, block_size, scale)
+
+
+def _run_flash_cpu(q, k, v, segment_ids, window, scale, block_size, mesh):
+    segments = one_segment(q) if segment_ids is None else segment_ids.astype(jnp.int32)
+    kernel = functools.partial(flash_cpu.flash_attention, sliding_window=window, scale=scale)
+    if mesh is None:
+        return kernel(q, k, v, segments)
+    batch, heads, _ = _mesh_axes(mesh, q, k, shards_sequence=False)
+    qkv = jax.sharding.PartitionSpec(batch, None, heads, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, jax.sharding.PartitionSpec(batch, None)),
+                         out_specs=qkv, check_vma=False)(q, k, v, segments)
+
+
+def _run_cudnn(q, k, v, segment_ids, window, scale, block_size, mesh):
+    axes = _mesh_axes(mesh, q, k, shards_sequence=False) if mesh is not None else None
+    return accelerators.cudnn_attention(q, k, v, segment_ids, window, scale, mesh=mesh, axes=axes)
+
+
+def _run_splash(q, k, v, segment_ids, window, scale, block_size, mesh):
+    axes = _mesh_axes(mesh, q, k, shards_sequence=True) if mesh is not None else None
+    return accelerators.splash_attention(q, k, v, segment_ids, window, scale, mesh=mesh, axes=axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One attention kernel: why it cannot run a Target ("" when it can), how it runs
+    (q, k, v, segment_ids or None, sliding window or None, scale, block size, mesh or None), and
+    optionally a cached forward for chunked prefill (a chunk of queries q at positions
+    index.. against a KV cache: (q, cache_k, cache_v, index, window, scale)) with its own
+    ``cached_unsupported``."""
+
+    name: str
+    unsupported: Callable[[Target], str]
+    run: Callable
+    cached: Callable | None = None
+    cached_unsupported: Callable[[Target], str] = lambda t: "it has no cached forward"
+
+    def cached_runs(self, t: Target) -> bool:
+        return self.cached is not None and not self.cached_unsupported(t)
+
+
+KERNELS: dict[str, Kernel] = {k.name: k for k in (
+    Kernel("xla", lambda t: "", _run_dense),
+    Kernel("chunked", lambda t: "", _run_chunked),
+    Kernel("flash_cpu", _flash_cpu_unsupported, _run_flash_cpu, flash_cpu.cached_attention,
+           _flash_cpu_cached_unsupported),
+    Kernel("cudnn", _cudnn_unsupported, _run_cudnn),
+    Kernel("splash", _splash_unsupported, _run_splash),
+)}
+# What ``auto`` tries first on each platform; the dense fallback (chunked or xla) comes after.
+AUTO = {"tpu": ("splash",), "gpu": ("cudnn",), "cpu": ("flash_cpu",)}
+
+
+def resolve(implementation: str, t: Target) -> Kernel:
+    """The kernel ``implementation`` names for ``t`` (``auto``: the platform's first that supports
+    it, else chunked from 1024 tokens and xla below). Raises ValueError naming why an explicit
+    kernel cannot run and which ones can."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention: must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
+    if implementation == "auto":
+        for name in AUTO.get(t.platform, ()):
+            if not KERNELS[name].unsupported(t):
+                return KERNELS[name]
+        return KERNELS["chunked" if t.seq_len >= _AUTO_CHUNKED_FROM else "xla"]
+    kernel = KERNELS[implementation]
+    reason = kernel.unsupported(t)
+    if reason:
+        works = [name for name, k in KERNELS.items() if not k.unsupported(t)]
+        raise ValueError(f"attention={implementation!r} cannot run this step: {reason}. Kernels that can: "
+                         f"{', '.join(works + ['auto'])}")
+    return kernel
+
+
+def resolve_implementation(implementation: str, seq_len: int, dtype=jnp.float32, head_dim: int = 64) -> str:
+    """The name of the kernel ``implementation`` means for a step of this length, dtype and head
+    dim under the active mesh (or on this process's default backend)."""
+    return resolve(implementation, target(seq_len, dtype, head_dim)).name
 
 
 def attention(q, k, v, *, segment_ids=None, sliding_window: int | None = None,
               implementation: str = "xla", block_size: int = DEFAULT_BLOCK_SIZE, scale: float | None = None):
-    """Causal self-attention over a whole sequence (training, prefill, evaluation).
+    """Causal self-attention over a whole sequence (training, prefill, evaluation), by the kernel
+    ``implementation`` resolves to for these inputs under the active mesh.
 
-    The arguments are normalised here, once: ``scale`` defaults to 1/sqrt(head_dim), a missing
-    ``segment_ids`` becomes one segment (zeros) for the kernels that take an array, and a zero
+    The arguments are normalised here, once: ``scale`` defaults to 1/sqrt(head_dim) and a zero
     ``sliding_window`` means none."""
     _check_shapes(q, k, v)
-    scale = default_scale(q, scale)
-    sliding_window = sliding_window or None
-    implementation = resolve_implementation(implementation, q.shape[1], q.dtype, q.shape[-1])
-    if implementation == "xla":
-        idx = jnp.arange(q.shape[1])
-        return dense_attention(q, k, v, idx, idx, segment_ids, segment_ids, sliding_window, scale)
-    if implementation == "cudnn":  # no segments: the fast causal path without an explicit mask
-        return cudnn_attention(q, k, v, segment_ids, sliding_window, scale)
-    segments = one_segment(q) if segment_ids is None else segment_ids.astype(jnp.int32)
-    if implementation == "chunked":
-        return chunked_attention(q, k, v, segments, sliding_window, block_size, scale)
-    if implementation == "flash_cpu":
-        return _flash_cpu_sharded(q, k, v, segments, sliding_window, scale)
-    return splash_attention(q, k, v, segments, sliding_window, scale)
+    mesh = sharding.active_mesh()
+    kernel = resolve(implementation, target(q.shape[1], q.dtype, q.shape[-1], mesh))
+    return kernel.run(q, k, v, segment_ids, sliding_window or None, default_scale(q, scale), block_size, mesh)
 
 
 def default_scale(q, scale=None) -> float:
@@ -72,31 +242,6 @@ def default_scale(q, scale=None) -> float:
 def one_segment(q) -> jax.Array:
     """Segment ids [B, T] putting every token in one document (the kernels that take an array)."""
     return jnp.zeros(q.shape[:2], jnp.int32)
-
-
-def resolve_implementation(implementation: str, seq_len: int, dtype=jnp.float32, head_dim: int = 64) -> str:
-    """The kernel ``implementation`` names on this backend; raises if the backend lacks it."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"attention: must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
-    backend = jax.default_backend()
-    if implementation == "auto":
-        if backend == "gpu" and jnp.dtype(dtype).itemsize == 2:
-            return "cudnn"
-        if backend == "tpu":
-            return "splash"
-        if backend == "cpu" and flash_cpu.supports(head_dim) and flash_cpu.available():
-            return "flash_cpu"
-        return "chunked" if seq_len >= _AUTO_CHUNKED_FROM else "xla"
-    if implementation == "cudnn" and backend != "gpu":
-        raise ValueError(f"attention='cudnn' needs a GPU backend; this process runs on {backend!r}. "
-                         "Use 'chunked' (any backend) or 'auto' (falls back).")
-    if implementation == "flash_cpu" and not flash_cpu.available():
-        raise ValueError(f"attention='flash_cpu' is unavailable: {flash_cpu.unavailable_reason()}. "
-                         "Use 'chunked' (any backend) or 'auto' (falls back).")
-    if implementation == "splash" and backend != "tpu":
-        raise ValueError(f"attention='splash' needs a TPU backend; this process runs on {backend!r}. "
-                         "Use 'chunked' (any backend) or 'auto' (falls back).")
-    return implementation
 
 
 def _check_shapes(q, k, v):
@@ -153,14 +298,19 @@ def dense_attention(q, k, v, q_idx, kv_idx, q_seg=None, kv_seg=None, window=None
     return _heads_last(out, t, h).astype(q.dtype)
 
 
-def cached_kernel(implementation: str, dtype, head_dim: int) -> bool:
-    """Whether ``cached_attention(..., implementation="flash_cpu")`` runs for a model whose
-    attention is ``implementation``: it resolves to flash_cpu here and the kernel can read a cache."""
+def prefills_in_chunks(implementation: str, dtype, head_dim: int) -> bool:
+    """Whether the kernel ``implementation`` resolves to here has a cached forward that runs:
+    then a long prompt can be prefilled a chunk at a time, each chunk attending to the KV cache."""
+    return _cached_kernel(implementation, dtype, head_dim) is not None
+
+
+def _cached_kernel(implementation: str, dtype, head_dim: int) -> Kernel | None:
+    t = target(_AUTO_CHUNKED_FROM, dtype, head_dim)
     try:
-        resolved = resolve_implementation(implementation, _AUTO_CHUNKED_FROM, dtype, head_dim)
+        kernel = resolve(implementation, t)
     except ValueError:
-        return False
-    return resolved == "flash_cpu" and flash_cpu.supports(head_dim) and flash_cpu.cached_available()
+        return None
+    return kernel if kernel.cached_runs(t) else None
 
 
 def cached_attention(q, cache_k, cache_v, index, window=None, scale=None, implementation: str = "xla"):
@@ -168,16 +318,17 @@ def cached_attention(q, cache_k, cache_v, index, window=None, scale=None, implem
     causally to the cache (cache_k, cache_v [B*K, S, D], heads first, already holding their own
     keys and values). The cache is read where it lies, in its own dtype and layout.
 
-    ``xla``: one batched matmul per (batch, kv head) with float32 accumulation, no transposed or
-    upcast copy of the cache, over all S slots ([B, H, t, S] logits: for a few tokens).
-    ``flash_cpu``: the fused kernel (``flash_cpu.cached_attention``), O(t) memory, visiting only
-    the slots up to the last query: for chunks of many tokens (chunked prefill)."""
-    if implementation == "flash_cpu":
-        return flash_cpu.cached_attention(q, cache_k, cache_v, index, window, scale)
-    if implementation != "xla":
-        raise ValueError(f"cached_attention: implementation must be 'xla' or 'flash_cpu'; got {implementation!r}")
+    A chunk of several tokens goes to the cached forward of the kernel ``implementation``
+    resolves to, where it has one that runs here (flash_cpu's: O(t) memory, visiting only the
+    slots up to the last query). Otherwise, and for single tokens, the dense product: one batched
+    matmul per (batch, kv head) with float32 accumulation, no transposed or upcast copy of the
+    cache, over all S slots ([B, H, t, S] logits: for a few tokens)."""
+    t = q.shape[1]
+    kernel = _cached_kernel(implementation, q.dtype, q.shape[-1]) if t > 1 else None
+    if kernel is not None:
+        return kernel.cached(q, cache_k, cache_v, index, window, scale)
     scale = default_scale(q, scale)
-    b, t, h, _ = q.shape
+    b, _, h, _ = q.shape
     kv_heads, size = cache_k.shape[0] // b, cache_k.shape[1]
     qh = _heads_first(q, kv_heads).reshape(b * kv_heads, -1, q.shape[-1])  # [B*K, G*t, D]
     logits = jnp.einsum("nqd,nsd->nqs", qh.astype(cache_k.dtype), cache_k, preferred_element_type=jnp.float32)
@@ -332,73 +483,3 @@ def _chunked_bwd(window, block, scale, residuals, dout):
 
 
 _chunked.defvjp(_chunked_forward, _chunked_bwd)
-
-
-# ------------------------------------------------------------------------------------------------
-# flash_cpu under a device mesh
-# ------------------------------------------------------------------------------------------------
-
-
-def _flash_cpu_sharded(q, k, v, segment_ids, sliding_window, scale):
-    """``flash_cpu.flash_attention``; inside the trainer's mesh, one kernel call per device on its
-    own batch rows and heads (XLA cannot partition a custom call itself). The sequence is gathered:
-    the kernel needs every query's keys."""
-    mesh = sharding.active_mesh()
-    kernel = functools.partial(flash_cpu.flash_attention, sliding_window=sliding_window, scale=scale)
-    if mesh is None:
-        return kernel(q, k, v, segment_ids)
-    batch = sharding.logical_to_spec(("batch",), q.shape[:1], mesh)[0]
-    # Heads split only where both query and kv heads divide evenly, so each device keeps whole groups.
-    heads = sharding.logical_to_spec(("heads",), (math.gcd(q.shape[2], k.shape[2]),), mesh)[0]
-    qkv = jax.sharding.PartitionSpec(batch, None, heads, None)
-    seg = jax.sharding.PartitionSpec(batch, None)
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, seg), out_specs=qkv,
-                         check_vma=False)(q, k, v, segment_ids)
-
-
-# ------------------------------------------------------------------------------------------------
-# Accelerator kernels
-# ------------------------------------------------------------------------------------------------
-
-
-def cudnn_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None, implementation="cudnn"):
-    """cuDNN flash attention through ``jax.nn.dot_product_attention`` (GQA native). Packed
-    segments become an explicit mask. ``implementation="xla"`` runs the same call on any backend
-    (the tests use it to check the arguments)."""
-    mask = None
-    if segment_ids is not None:
-        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # [B, 1, T, S]
-    window = None if not sliding_window else (sliding_window - 1, 0)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=True,
-                                        local_window_size=window, implementation=implementation)
-
-
-def splash_attention(q, k, v, segment_ids=None, sliding_window=None, scale=None, interpret=False,
-                     block_size: int = 512):
-    """TPU Pallas splash attention (the kernel MaxText uses), per batch element. Sequence length
-    must be a multiple of 128; ``interpret=True`` runs the kernel in Python on any backend."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
-
-    b, t, h, d = q.shape
-    if t % 128:
-        raise ValueError(f"attention='splash' needs a sequence length divisible by 128; got {t}")
-    scale = default_scale(q, scale)
-    if sliding_window:
-        head_mask = mask_lib.LocalMask((t, t), window_size=(sliding_window - 1, 0), offset=0)
-    else:
-        head_mask = mask_lib.CausalMask((t, t))
-    blk = min(block_size, t)
-    sizes = kernel_lib.BlockSizes(block_q=blk, block_kv_compute=blk, block_kv=blk, block_q_dkv=blk,
-                                  block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
-    kernel = kernel_lib.make_splash_mha(mask_lib.MultiHeadMask([head_mask] * h), block_sizes=sizes,
-                                        head_shards=1, q_seq_shards=1, interpret=interpret)
-    segment_ids = one_segment(q) if segment_ids is None else segment_ids
-
-    def one(qb, kb, vb, seg):  # [T, H, D] -> heads first, as the kernel expects
-        ids = kernel_lib.SegmentIds(q=seg, kv=seg)
-        out = kernel(jnp.swapaxes(qb * scale, 0, 1), jnp.swapaxes(kb, 0, 1), jnp.swapaxes(vb, 0, 1),
-                     segment_ids=ids)
-        return jnp.swapaxes(out, 0, 1)
-
-    return jax.vmap(one)(q, k, v, segment_ids.astype(jnp.int32)).astype(q.dtype)

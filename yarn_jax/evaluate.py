@@ -531,6 +531,21 @@ def _check_args(args) -> list[int]:
     return lengths
 
 
+def _check_kernels(args, lengths: list[int], config: model_lib.ModelConfig, dtype: str) -> None:
+    """An explicit --matmul or --attention that cannot run here is refused before any weights load."""
+    if args.matmul == "onednn":
+        from yarn_jax import onednn
+
+        reason = onednn.unsupported(dtype)
+        if reason:
+            raise EvalError(f"--matmul onednn: {reason}. Use --matmul auto or xla")
+    for length in lengths:
+        try:
+            attention_lib.resolve_implementation(args.attention or "auto", length, jnp.dtype(dtype), config.head_dim)
+        except ValueError as error:
+            raise EvalError(f"--attention {args.attention}: {error}") from None
+
+
 def check_memory(config: model_lib.ModelConfig, lengths: list[int], windows: dict, batch_size: int, task: str,
                  available: int | None = None) -> dict[int, int]:
     """Rows per forward pass for each length, within the machine's available memory: an explicit
@@ -587,9 +602,13 @@ def run(args) -> dict:
         doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
         print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
               f">= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
-    runtime = {"attention": args.attention or "auto"}
-    if args.dtype:
-        runtime.update(dtype=args.dtype, param_dtype=args.dtype)
+    runtime = {"attention": args.attention or "auto", "matmul": args.matmul}
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype, why = model_lib.auto_dtype()
+        print(f"dtype auto: {dtype} ({why})", flush=True)
+    runtime.update(dtype=dtype, param_dtype=dtype)
+    _check_kernels(args, lengths, own_config, dtype)
     if args.prefill_chunk is not None:
         runtime.update(prefill_chunk=args.prefill_chunk)
     config = model_lib.configure(own_config, **runtime)
@@ -668,7 +687,7 @@ def run(args) -> dict:
         for label, _ in variants:
             print(f"\ndepth x length, generation accuracy, rope {label}\n")
             print(depth_grid(results, label))
-    output = {"task": args.task, "model": path, "tokenizer": tokenizer.spec,
+    output = {"task": args.task, "model": path, "tokenizer": tokenizer.spec, "dtype": config.dtype,
               "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "results": results}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -703,7 +722,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mean", choices=("token", "window"), default="token")
     parser.add_argument("--batch-size", type=int, default=0,
                         help="windows per forward pass (default 0: automatic, within the machine's memory)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute and parameter dtype (default: float32)")
+    parser.add_argument("--dtype", choices=model_lib.DTYPES, default="auto",
+                        help="compute and parameter dtype (default auto: bfloat16 on TPU, GPU and CPUs with AMX or "
+                             "AVX512-BF16, float32 on other CPUs)")
+    parser.add_argument("--matmul", choices=model_lib.MATMULS, default="auto",
+                        help="CPU matrix products: XLA's dot or oneDNN (default auto: oneDNN for bfloat16 where this "
+                             "CPU has it)")
     parser.add_argument("--trials", type=int, default=10, help="passkey trials per length")
     parser.add_argument("--depths", type=int, default=0, help="passkey: evenly spaced depths (0: random)")
     parser.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,8 @@ forward: bf16 tile products with float32 accumulation and softmax, probabilities
 for P V, bf16 output -- the precision of PyTorch's bf16 kernel. Its backward casts to float32.
 
 The kernel is compiled on first use with the machine's C++ compiler (``$CXX``, else g++ / c++ /
-clang++) against the installed jaxlib's FFI headers, for this CPU (``-march=native``), and cached
+clang++) against the installed jaxlib's FFI headers, for this CPU (``-march=native``, less any
+feature ``YARN_JAX_HIDE_CPU_FEATURES`` hides: ``cpu_build``), and cached
 under ``$YARN_JAX_CACHE_DIR`` (default ``~/.cache/yarn_jax``) keyed by source, jaxlib version,
 compiler and CPU. Without a compiler, ``available()`` is False, ``attention="auto"`` keeps using
 ``chunked``/``xla``, and an explicit ``attention="flash_cpu"`` raises with the reason.
@@ -50,7 +51,7 @@ def _build(compiler: str) -> Path:
     """The compiled shared library (compiling it when the cache has none)."""
     import jaxlib
 
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
+    flags = ["-O3", *cpu_build.march_flags(), "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}"]
     key = hashlib.sha256("\0".join([SOURCE.read_text(), jaxlib.__version__, compiler, *flags,
                                     cpu_build.cpu_fingerprint()]).encode()).hexdigest()[:16]
     return cpu_build.compile_cached(compiler, SOURCE, flags, f"flash_attention_cpu-{key}.so")

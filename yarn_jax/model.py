@@ -78,7 +78,7 @@ class ModelConfig:
     remat: str = _runtime("none")
     dynamic_cache: str = _runtime("exact")
     # Prompts longer than this many tokens are prefilled this many at a time (0: in one pass), where
-    # the attention kernel can read a KV cache (flash_cpu's AVX-512 build; see Decoder.prefill).
+    # the attention kernel has a cached forward (flash_cpu's AVX-512 build; see Decoder.prefill).
     prefill_chunk: int = _runtime(4096)
 
     def __post_init__(self):
@@ -148,6 +148,24 @@ class ModelConfig:
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("runtime"))
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def auto_dtype(platform: str | None = None) -> tuple[str, str]:
+    """What ``dtype="auto"`` means on ``platform`` (default: this process's backend), and why:
+    bfloat16 where it is computed natively (TPU, GPU, a CPU with AMX or AVX512-BF16), float32
+    on other CPUs, where XLA converts bfloat16 operands to float32 for every product (slower
+    than float32 itself, and less exact)."""
+    from yarn_jax import cpu_build
+
+    platform = platform or jax.default_backend()
+    if platform != "cpu":
+        return "bfloat16", f"{platform.upper()} computes bfloat16 natively"
+    if cpu_build.native_bfloat16():
+        return "bfloat16", f"this CPU computes bfloat16 natively ({cpu_build.describe()})"
+    return "float32", f"this CPU has no native bfloat16 products ({cpu_build.describe()})"
+
+
 def resolve_rope(own: rope_lib.RopeSpec, spec) -> rope_lib.RopeSpec:
     """The rope a user's SPEC (string, dict or RopeSpec) means for a model whose own rope is ``own``.
 
@@ -183,17 +201,18 @@ def matmul_2d(x, kernel, **kwargs):
 
 
 def uses_onednn(matmul: str, dtype) -> bool:
-    """Whether ``ModelConfig.matmul`` runs a product through oneDNN here: ``onednn`` always;
-    ``auto`` for bfloat16 on the CPU backend with no device mesh active, where XLA would convert
-    both operands to float32 (for float32, XLA's own dot is as fast; a custom call would need the
-    mesh's whole arrays)."""
+    """Whether ``ModelConfig.matmul`` runs a product through oneDNN here: ``onednn`` always (and
+    ``onednn.matmul`` refuses what this CPU cannot run); ``auto`` for bfloat16 on the CPU backend
+    with no device mesh active, where oneDNN has a bfloat16 matmul for this CPU (XLA would convert
+    both operands to float32; for float32, XLA's own dot is as fast, and a custom call would need
+    the mesh's whole arrays)."""
     if matmul == "onednn":
         return True
     if matmul != "auto" or jnp.dtype(dtype) != jnp.bfloat16 or sharding.active_mesh() is not None:
         return False
     from yarn_jax import onednn
 
-    return onednn.available()
+    return not onednn.unsupported(jnp.bfloat16)
 
 
 def project(x, kernel, matmul: str, *, out_dtype=None, transpose_kernel: bool = False):
@@ -304,16 +323,16 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x)
         cache_k = _write(cache_k, rotary.rotate(k), index)
         cache_v = _write(cache_v, v, index)
-        kernel = "flash_cpu" if x.shape[1] > 1 and chunked_prefill(c) else "xla"
         out = attention_lib.cached_attention(rotary.rotate(q), cache_k, cache_v, index, window=c.sliding_window,
-                                             implementation=kernel)
+                                             implementation=c.attention)
         return self.o_proj(out.reshape(x.shape[0], x.shape[1], -1)), cache_k, cache_v
 
 
 def chunked_prefill(config: ModelConfig) -> bool:
     """Whether long prompts are prefilled in chunks of ``config.prefill_chunk`` tokens: the model's
-    attention is flash_cpu and its kernel can read a KV cache in place (``flash_cpu.cached_available``)."""
-    return bool(config.prefill_chunk) and attention_lib.cached_kernel(config.attention, config.dtype, config.head_dim)
+    attention kernel has a cached forward that runs here (``attention.prefills_in_chunks``)."""
+    return bool(config.prefill_chunk) and attention_lib.prefills_in_chunks(config.attention, config.dtype,
+                                                                            config.head_dim)
 
 
 def _write(buffer, new, index):

@@ -4,8 +4,11 @@ Why: XLA:CPU computes a bfloat16 dot by converting both operands to float32, so 
 runs no faster than a float32 one; oneDNN, the library under PyTorch's CPU matmuls, runs bfloat16
 products on AMX tiles or AVX512-BF16 where the CPU has them, and float32 ones at least as fast as
 XLA on a transformer layer's shapes (experiments/results/bench.md). ``ModelConfig.matmul`` picks
-it: ``auto`` uses it on CPU when it is available and no device mesh is active (a custom call
-sees whole arrays; the trainer's sharded steps keep XLA's dots), ``onednn`` insists, ``xla`` never.
+it: ``auto`` uses it for bfloat16 on CPU where oneDNN has a bfloat16 matmul for this CPU and no
+device mesh is active (a custom call sees whole arrays; the trainer's sharded steps keep XLA's
+dots), ``onednn`` insists (and is refused, naming what the CPU lacks, where it cannot run),
+``xla`` never. Whether a dtype runs is asked of oneDNN itself (``unsupported``): on a CPU without
+AVX-512 it has no bfloat16 matmul.
 
 It needs the oneDNN library (PyPI ``onednn-cpu-gomp``) and its C headers (PyPI ``onednn-devel``
 installed with ``--no-deps``, or a system ``libdnnl-dev``) to compile a small shim on first use,
@@ -32,6 +35,7 @@ from yarn_jax import cpu_build
 SOURCE = Path(__file__).parent / "csrc" / "onednn_matmul.cc"
 _TARGET, _SYMBOL = "yarn_onednn_matmul", "YarnOnednnMatmul"
 _lock = threading.Lock()
+_library: list[ctypes.CDLL] = []  # the loaded shim, once _load() succeeded
 
 
 def _prefixes() -> list[str]:
@@ -74,13 +78,33 @@ def _load() -> tuple[bool, str]:
         return False, "no C++ compiler found (set $CXX or install g++)"
     # OpenMP workers that spin after each product would take the cores XLA's own threads need.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if cpu_build.onednn_isa_cap():  # act as the CPU without the hidden features (cpu_build)
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", cpu_build.onednn_isa_cap())
     try:
         with _lock:
             library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
         jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(library, _SYMBOL)), platform="cpu")
     except (OSError, RuntimeError, AttributeError) as error:
         return False, f"could not build the oneDNN shim: {error}"
+    _library.append(library)
     return True, ""
+
+
+@functools.cache
+def unsupported(dtype) -> str:
+    """Why oneDNN products of ``dtype`` (float32 or bfloat16) cannot run in this process, "" if
+    they can: the shim must load and oneDNN must have a matmul of that dtype for this CPU (asked
+    by creating one)."""
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.float32, jnp.bfloat16):
+        return f"oneDNN products take float32 or bfloat16, not {dtype}"
+    if not _library[0].YarnOnednnSupports(int(dtype == jnp.bfloat16)):
+        return (f"oneDNN has no {dtype} matmul for this CPU ({cpu_build.describe()}; its bfloat16 products need "
+                f"AVX-512)")
+    return ""
 
 
 def available() -> bool:
@@ -123,12 +147,12 @@ def matmul(x, w, *, out_dtype=None, transpose_w: bool = False):
     """x [..., K] @ w [K, N] (``transpose_w``: w stored [N, K], as a tied embedding is) through
     oneDNN, one 2-D product over the flattened leading dims; differentiable. x and w share a dtype
     (float32 or bfloat16); the result is ``out_dtype`` (default x's)."""
-    ok, reason = _load()
-    if not ok:
-        raise ValueError(f"matmul='onednn' is unavailable: {reason}. Use 'xla' or 'auto'.")
     dtype = jnp.dtype(x.dtype)
     if dtype not in (jnp.float32, jnp.bfloat16) or w.dtype != dtype:
         raise ValueError(f"onednn.matmul: x and w must both be float32 or both bfloat16; got {x.dtype}, {w.dtype}")
+    reason = unsupported(dtype)
+    if reason:
+        raise ValueError(f"matmul='onednn' cannot run {dtype} here: {reason}. Use 'xla' or 'auto'.")
     out_dtype = jnp.dtype(out_dtype or dtype)
     n = w.shape[0] if transpose_w else w.shape[1]
     y = _matmul(x.reshape(-1, x.shape[-1]), w, out_dtype, transpose_w)

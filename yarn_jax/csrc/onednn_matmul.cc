@@ -113,3 +113,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(YarnOnednnMatmul, MatmulImpl,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<bool>("transpose_x")
                                   .Attr<bool>("transpose_w"));
+
+// Whether oneDNN has a matmul for this input dtype (1: bfloat16, 0: float32) on this CPU: 1 or 0.
+// oneDNN answers by creating one (on a CPU without AVX-512 it has no bfloat16 matmul and says
+// unimplemented); Python asks before it offers the product, never assuming from the CPU's name.
+extern "C" int YarnOnednnSupports(int bf16) {
+  const auto type = static_cast<int>(bf16 ? dnnl_bf16 : dnnl_f32);
+  std::lock_guard<std::mutex> lock(mutex);
+  Matmul* mm;
+  return primitive_for(Key{64, 64, 64, type, type, false, false}, &mm).success() ? 1 : 0;
+}
