@@ -212,7 +212,12 @@ def _restore_workdir(workdir: str, config, mesh, step: int | None) -> model_lib.
         with ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints"))) as manager:
             return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(targets)))["params"]
 
-    return _restore(config, mesh, f"{workdir} step {step}", restore)
+    # Restored in the layout the run saved (its config's model.scan_layers), then the caller's.
+    run_config = os.path.join(workdir, "config.json")
+    saved = _read_json(run_config).get("model", {}) if os.path.exists(run_config) else {}
+    stored = config.replace(scan_layers=bool(saved.get("scan_layers", False)))
+    model = _restore(stored, mesh, f"{workdir} step {step}", restore)
+    return model_lib.with_config(model, config, mesh)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,6 +234,8 @@ def save_model(model: model_lib.Decoder, directory: str, tokenizer_dir: str | No
     if os.path.exists(os.path.join(directory, PARAMS_DIR)):
         raise UserError(f"{directory}: already holds a model checkpoint; choose another --out")
     os.makedirs(directory, exist_ok=True)
+    if model.config.scan_layers:  # model directories hold one entry per layer, whatever the run's layout
+        model = model_lib.with_config(model, model.config.replace(scan_layers=False))
     checkpointer = ocp.StandardCheckpointer()
     # The nnx State itself (Variables included), the layout the trainer's checkpoints use too.
     checkpointer.save(os.path.join(directory, PARAMS_DIR), nnx.state(model))

@@ -244,6 +244,9 @@ def load_params(reader, config: model_lib.ModelConfig, where: str, mesh=None) ->
     on ``mesh`` by its logical axes (default device without one) as soon as it is read."""
     from yarn_jax.progress import Progress
 
+    if config.scan_layers:  # read layer by layer, then stacked
+        split = load_params(reader, config.replace(scan_layers=False), where, mesh)
+        return model_lib.with_config(split, config, mesh)
     abstract = nnx.eval_shape(lambda: model_lib.Decoder(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     pure = nnx.to_pure_dict(state)
@@ -297,6 +300,8 @@ def save_pretrained(model: model_lib.Decoder, config: model_lib.ModelConfig | No
 
     config = config or model.config
     hf_config = config_to_hf(config, torch_dtype=dtype)  # validates before any file is written
+    if model.config.scan_layers:  # transformers names one tensor per layer
+        model = model_lib.with_config(model, model.config.replace(scan_layers=False))
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)

@@ -76,6 +76,10 @@ class ModelConfig:
     dtype: str = _runtime("float32")
     param_dtype: str = _runtime("float32")
     remat: str = _runtime("none")
+    # Layers as one scanned layer whose parameters carry a leading [num_layers] axis: one layer's
+    # program, compiled once (an unrolled 32-layer step compiles ~layers times longer); the
+    # trainer's choice for large models. Loaders and writers convert (``with_config``).
+    scan_layers: bool = _runtime(False)
     dynamic_cache: str = _runtime("exact")
     # Prompts longer than this many tokens are prefilled this many at a time (0: in one pass), where
     # the attention kernel has a cached forward (flash_cpu's AVX-512 build; see Decoder.prefill).
@@ -111,6 +115,8 @@ class ModelConfig:
             except TypeError:
                 raise ValueError(f"ModelConfig.{name}: not a dtype name (float32, bfloat16, float16): "
                                  f"{getattr(self, name)!r}") from None
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"ModelConfig.scan_layers: must be True or False; got {self.scan_layers!r}")
         if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
             raise ValueError(f"ModelConfig.prefill_chunk: must be 0 (one pass) or a positive number of tokens; "
                              f"got {self.prefill_chunk!r}")
@@ -424,7 +430,8 @@ class Decoder(nnx.Module):
         self.config = config
         self.embed_tokens = nnx.Param(init(rngs.params(), (config.vocab_size, config.hidden_size),
                                            config.param_dtype), logical_axes=("vocab", "embed"))
-        self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.num_layers)])
+        layers = [DecoderLayer(config, rngs) for _ in range(config.num_layers)]
+        self.layers = stack_layers(layers) if config.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(config.hidden_size, config)
         self.lm_head = None if config.tie_word_embeddings else Dense(
             config.hidden_size, config.vocab_size, ("embed", "vocab"), bias=False, config=config, rngs=rngs)
@@ -471,9 +478,25 @@ class Decoder(nnx.Module):
         if c.remat != "none":
             forward = functools.partial(remat_layer, policy=_REMAT_POLICY[c.remat])
         x = sharding.constrain(self._embed(input_ids), ("batch", "length", "embed"))
+        if c.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+
+            def body(x, layer_state):
+                layer = nnx.merge(graphdef, layer_state)
+                return sharding.constrain(forward(layer, x, rotary, segment_ids), ("batch", "length", "embed")), None
+
+            return jax.lax.scan(body, x, stacked)[0]
         for layer in self.layers:
             x = sharding.constrain(forward(layer, x, rotary, segment_ids), ("batch", "length", "embed"))
         return x
+
+    def layer_list(self) -> list:
+        """The layers one by one (scanned layers sliced out of their stacked parameters): what the
+        cached paths (prefill, decode) loop over."""
+        if not self.config.scan_layers:
+            return list(self.layers)
+        graphdef, stacked = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], stacked)) for i in range(self.config.num_layers)]
 
     def prefill(self, input_ids, cache: dict, length=None):
         """Fills an empty ``cache`` with tokens [B, S] (S <= cache size). Returns float32 logits
@@ -512,7 +535,7 @@ class Decoder(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
         rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
         x, ks, vs = self._embed(input_ids), [], []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layer_list()):
             x, k, v = layer.forward_kv(x, rotary)
             ks.append(_write(cache_k[i], k, 0))
             vs.append(_write(cache_v[i], v, 0))
@@ -585,7 +608,7 @@ class Decoder(nnx.Module):
         """Tokens [B, t] at cache slots index.. through every layer, each writing its keys and values
         into its cache buffer and attending to it: hidden states [B, t, hidden] and the new buffers."""
         x, new_k, new_v = self._embed(input_ids), [], []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layer_list()):
             x, k, v = layer.decode(x, rotary, cache_k[i], cache_v[i], index)
             new_k.append(k)
             new_v.append(v)
@@ -637,11 +660,43 @@ def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None
             "tokens": jnp.zeros((batch_size, cache_size), jnp.int32), "rope_len": jnp.int32(0)}
 
 
-def with_config(model: Decoder, config: ModelConfig) -> Decoder:
-    """The same parameter arrays (no copy) under another config of the same shapes: another rope,
-    attention kernel, dtype, remat policy or max_position_embeddings."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
-    return nnx.merge(graphdef, nnx.state(model))
+def stack_layers(layers: list) -> "DecoderLayer":
+    """One DecoderLayer whose parameters are the layers' stacked on a leading axis (logical
+    name ``layers``): what ``ModelConfig.scan_layers`` scans over."""
+    graphdef, _ = nnx.split(layers[0])
+    stack = lambda *vs: vs[0].replace(jnp.stack([v[...] for v in vs]), logical_axes=("layers", *vs[0].logical_axes))  # noqa: E731
+    states = [nnx.state(layer) for layer in layers]
+    return nnx.merge(graphdef, jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def _relayout(pure: dict, scan_layers: bool, num_layers: int) -> dict:
+    """A pure-dict model state with its layers stacked (``scan_layers``) or one entry per layer."""
+    layers = pure["layers"]
+    stacked = not (isinstance(layers, dict) and 0 in layers)
+    if stacked == scan_layers:
+        return pure
+    if scan_layers:
+        layers = jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in range(num_layers)])
+    else:
+        layers = {i: jax.tree.map(lambda a: a[i], layers) for i in range(num_layers)}
+    return dict(pure, layers=layers)
+
+
+def with_config(model: Decoder, config: ModelConfig, mesh=None) -> Decoder:
+    """The same parameters under another config of the same shapes: another rope, attention
+    kernel, dtype, remat policy or max_position_embeddings (the same arrays, no copy), or the
+    other layer layout (``scan_layers``: stacked or split, a copy placed on ``mesh`` by the
+    parameters' logical axes)."""
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    graphdef, target = nnx.split(abstract)
+    if config.scan_layers == model.config.scan_layers:
+        return nnx.merge(graphdef, nnx.state(model))
+    pure = _relayout(nnx.to_pure_dict(nnx.state(model)), config.scan_layers, config.num_layers)
+    nnx.replace_by_pure_dict(target, pure)
+    if mesh is not None:
+        target = jax.tree.map(lambda v: v.replace(jax.device_put(v[...], sharding.variable_sharding(v, mesh))),
+                              target, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(graphdef, target)
 
 
 def with_rope(model: Decoder, spec) -> Decoder:

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
         rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=0.02, architecture="llama",
         # Runtime fields, also applied on top of a loaded checkpoint:
         attention="auto", attention_block_size=attention.DEFAULT_BLOCK_SIZE, dtype="float32", param_dtype="float32",
-        remat="none"))
+        remat="none", scan_layers=False))
 
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", tokenizer="byte",  # tokenizer "" with a transformers init_from: that directory's
@@ -85,7 +85,8 @@ def llama2_7b_extension(rope: str, seq_len: int, steps: int) -> ml_collections.C
     c.steps = steps
     c.batch_size = 64
     c.model.update(LLAMA2_7B)
-    c.model.update(attention="auto", dtype="bfloat16", param_dtype="float32", remat="full")
+    # Scanned layers: the 32-layer step compiles as one layer (minutes instead of tens of minutes).
+    c.model.update(attention="auto", dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True)
     c.data.update(source="stdlib", tokenizer="", packing="concat")  # PG19 where you have it: tfds:pg19
     c.optimizer.update(lr=2e-5, warmup_steps=20, schedule="constant", weight_decay=0.0, b1=0.9, b2=0.95)
     c.mesh.update(data=1, fsdp=-1, tensor=1, context=1)
@@ -225,6 +226,25 @@ def validate_mesh(c, model_config: model_lib.ModelConfig, num_devices: int) -> d
         raise UserError(f"config.mesh.tensor: {tensor} does not divide the model's {heads} query / {kv} key-value "
                         f"heads; use one of {', '.join(map(str, ok))}")
     return shape
+
+
+def validate_kernel(c, model_config: model_lib.ModelConfig, mesh) -> str:
+    """The attention kernel the run's steps compile with on ``mesh`` (its devices' platform), at the
+    training length and every evaluated length; a kernel that cannot run them is refused, naming
+    why and the kernels that can."""
+    import jax.numpy as jnp
+
+    chosen = None
+    for length in [c.seq_len] + eval_lengths(c):
+        t = attention.target(length, jnp.dtype(model_config.dtype), model_config.head_dim, mesh)
+        try:
+            kernel = attention.resolve(model_config.attention, t).name
+        except ValueError as error:
+            where = "seq_len" if length == c.seq_len else "eval.lengths"
+            raise UserError(f"config.model.attention ({where} {length}, mesh {dict(mesh.shape)} of {t.platform} "
+                            f"devices): {error}") from None
+        chosen = chosen or kernel
+    return chosen
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

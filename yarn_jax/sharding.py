@@ -3,7 +3,7 @@
 Mesh axes: ``data`` (batch replicas), ``fsdp`` (batch, and parameters/optimizer state sharded
 ZeRO-3 style), ``tensor`` (heads, MLP and vocabulary dims), ``context`` (the sequence). Model code
 names its dimensions logically (``embed``, ``mlp``, ``heads``, ``kv_heads``, ``vocab``, ``norm``,
-``batch``, ``length``); ``LOGICAL_RULES`` says where each goes. The same code runs on 1 CPU, 8
+``layers``, ``batch``, ``length``); ``LOGICAL_RULES`` says where each goes. The same code runs on 1 CPU, 8
 fake CPU devices, a TPU slice or a GPU cluster.
 
 Activations are constrained only inside ``activation_sharding(mesh)``, which the trainer enters
@@ -32,6 +32,7 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | str | None] = {
     "kv_heads": "tensor",
     "vocab": "tensor",
     "norm": None,
+    "layers": None,  # the stacked axis of scanned layers (ModelConfig.scan_layers): every device holds all
 }
 
 

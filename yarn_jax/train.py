@@ -343,8 +343,9 @@ def setup(c: ml_collections.ConfigDict, workdir: str) -> Run:
     if vocab_size > config.vocab_size:
         raise UserError(f"config.data.tokenizer: vocabulary {vocab_size} exceeds the model's {config.vocab_size}")
     mesh = sharding.make_mesh(recipe.validate_mesh(c, config, jax.device_count()))
+    kernel = recipe.validate_kernel(c, config, mesh)
     print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-          f"{jax.process_count()} processes")
+          f"{jax.process_count()} processes; attention {config.attention} -> {kernel}")
 
     # ---- Data ----------------------------------------------------------------------------------
     train_split = data_lib.load_split(c.data.source, tokenizer, "train")
