@@ -6,6 +6,13 @@ import os
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session and every subprocess it starts (they inherit
+# the environment): many tests compile the same programs (the tiny model's step, a baseline run).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="yarn_jax_test_jit_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # method -> worst relative error against the oracle, filled by tests via `record_parity`.
 PARITY_WORST: dict[str, float] = collections.defaultdict(float)

@@ -32,7 +32,8 @@ _COMPILE_ON_MESHES = """
     from flax import nnx
     from yarn_jax import attention, model as model_lib, plan, sharding
 
-    MESHES = [("v5e-4", {"fsdp": 4}), ("v5e-4", {"fsdp": 2, "tensor": 2}), ("v5e-4", {"data": 2, "context": 2}),
+    # (fsdp alone: the plan CLI test below compiles a recipe on v5e-4 with fsdp 4)
+    MESHES = [("v5e-4", {"fsdp": 2, "tensor": 2}), ("v5e-4", {"data": 2, "context": 2}),
               ("v5e-8", {"fsdp": 2, "tensor": 2, "context": 2})]
     config = model_lib.ModelConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                                    num_kv_heads=2, head_dim=128, dtype="bfloat16", attention="auto", scan_layers=True,
@@ -67,9 +68,10 @@ _COMPILE_ON_MESHES = """
 
         hlo = jax.jit(prefill).lower(placed, ids, cache).compile().as_text()
         row["prefill_has_mosaic"] = "tpu_custom_call" in hlo
-        token = jax.ShapeDtypeStruct((4, 1), jnp.int32)
-        jax.jit(decode, donate_argnums=2).lower(placed, token, cache).compile()
-        row["decode"] = True
+        if len(devices) == 8:  # one decoding step (dense attention over the cache), on the 8-chip mesh
+            token = jax.ShapeDtypeStruct((4, 1), jnp.int32)
+            jax.jit(decode, donate_argnums=2).lower(placed, token, cache).compile()
+            row["decode"] = True
         out.append(row)
     print(json.dumps(out))
 """
@@ -78,10 +80,11 @@ _COMPILE_ON_MESHES = """
 @needs_libtpu
 def test_train_prefill_and_decode_compile_for_4_and_8_chip_tpu_meshes_with_splash():
     rows = _run(_COMPILE_ON_MESHES)
-    assert len(rows) == 4
+    assert len(rows) == 3
     for row in rows:
         assert row["kernel"] == "splash", row
-        assert row["train_step_has_mosaic"] and row["prefill_has_mosaic"] and row["decode"], row
+        assert row["train_step_has_mosaic"] and row["prefill_has_mosaic"], row
+    assert rows[-1]["slice"] == "v5e-8" and rows[-1]["decode"]
 
 
 _REFUSALS = """
@@ -113,7 +116,7 @@ def test_the_registry_decides_by_the_meshs_devices_and_refuses_what_it_cannot_ru
     assert out["cudnn@1024"].startswith("refused: attention='cudnn' cannot run this step: it runs on GPU; this step "
                                         "is compiled for 'tpu'")
     assert out["flash_cpu@1024"].startswith("refused: attention='flash_cpu' cannot run this step: it runs on CPU")
-    assert out["auto@1000"] == "chunked" and out["auto@1024"] == "splash"
+    assert out["auto@1000"] == "xla" and out["auto@1024"] == "splash"  # auto falls back where splash cannot run
 
 
 @needs_libtpu

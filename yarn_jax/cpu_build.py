@@ -115,8 +115,10 @@ def describe() -> str:
 
 
 def march_flags() -> list[str]:
-    """Compiler flags for this CPU: ``-march=native`` less every hidden feature."""
-    return ["-march=native", *(f"-mno-{_GCC_OPTION[f]}" for f in sorted(hidden_features()))]
+    """Compiler flags for this CPU: ``-march=native`` less every hidden feature it has (hiding one
+    it lacks changes nothing, so the build and its cache entry stay the same)."""
+    hidden = hidden_features() & (_cpuinfo_flags() or frozenset(_GCC_OPTION))
+    return ["-march=native", *(f"-mno-{_GCC_OPTION[f]}" for f in sorted(hidden))]
 
 
 def onednn_isa_cap() -> str | None:

@@ -278,14 +278,27 @@ class Evaluator:
                     for length, docs in self.jobs}
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter. tensorboardX imports PyTorch whenever it is installed, only to
+    accept torch tensors (2-3 s per process); we log floats, so an unimported torch stays so."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError while tensorboardX loads
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """metrics.jsonl (one object per logged step) and TensorBoard events, from process 0 only."""
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
