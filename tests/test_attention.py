@@ -243,3 +243,35 @@ def test_gqa_head_count_is_validated():
     k = jnp.zeros((1, 4, 4, 8))
     with pytest.raises(ValueError, match="must divide"):
         attention_lib.attention(q, k, k)
+
+
+_SPLASH_ON_A_MESH = """
+import jax, jax.numpy as jnp, numpy as np
+from yarn_jax import accelerators, attention, sharding
+mesh = sharding.make_mesh({"data": 2, "tensor": 2, "context": 2})
+rng = np.random.default_rng(0)
+q = jnp.asarray(rng.standard_normal((2, 256, 4, 32)), jnp.float32)
+k, v = (jnp.asarray(rng.standard_normal((2, 256, 2, 32)), jnp.float32) for _ in "kv")
+seg = jnp.asarray(np.sort(rng.integers(0, 3, (2, 256)), axis=1), jnp.int32)
+axes = attention._mesh_axes(mesh, q, k, shards_sequence=True)
+assert axes == ("data", "tensor", "context"), axes
+splash = lambda q, k, v: accelerators.splash_attention(q, k, v, seg, 40, None, mesh=mesh, axes=axes, interpret=True,
+                                                        block_size=128)
+dense = lambda q, k, v: attention.attention(q, k, v, segment_ids=seg, sliding_window=40, implementation="xla")
+np.testing.assert_allclose(jax.jit(splash)(q, k, v), dense(q, k, v), atol=1e-5)
+loss = lambda f: (lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))))
+for got, want in zip(jax.grad(loss(splash), (0, 1, 2))(q, k, v), jax.grad(loss(dense), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_splash_on_a_mesh_splits_batch_heads_and_queries_and_equals_the_reference():
+    """The mesh rule the TPU compile cannot check numerically: splash in shard_map over data (batch),
+    tensor (whole GQA groups of heads) and context (each device a run of query blocks, its share of
+    the kernel's mask information), in interpret mode on 8 CPU devices: values and gradients."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    done = subprocess.run([sys.executable, "-c", _SPLASH_ON_A_MESH], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]

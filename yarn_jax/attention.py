@@ -58,6 +58,11 @@ _AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked o
 # ------------------------------------------------------------------------------------------------
 
 
+def _first_device(mesh=None):
+    mesh = sharding.active_mesh() if mesh is None else mesh
+    return mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+
+
 def platform_of(mesh=None) -> str:
     """The platform ("cpu", "gpu", "tpu") of the devices a step runs on: the mesh's (by default
     the active ``sharding.activation_sharding`` mesh), else JAX's default backend."""
@@ -70,14 +75,15 @@ def platform_of(mesh=None) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """What a kernel is asked to run: the platform of the step's devices, the input dtype, head
-    dim and sequence length, and the mesh (None: one device)."""
+    """What a kernel is asked to run: the platform (and device kind, e.g. "TPU v4") of the step's
+    devices, the input dtype, head dim and sequence length, and the mesh (None: one device)."""
 
     platform: str
     dtype: Any
     head_dim: int
     seq_len: int
     mesh: Any = None
+    device_kind: str = ""
 
     def axis_size(self, axis: str) -> int:
         return 1 if self.mesh is None else self.mesh.shape.get(axis, 1)
@@ -86,7 +92,8 @@ class Target:
 def target(seq_len: int, dtype=jnp.float32, head_dim: int = 64, mesh=None) -> Target:
     """The Target of a step here: under ``mesh`` (default: the active one)."""
     mesh = sharding.active_mesh() if mesh is None else mesh
-    return Target(platform_of(mesh), jnp.dtype(dtype), int(head_dim), int(seq_len), mesh)
+    return Target(platform_of(mesh), jnp.dtype(dtype), int(head_dim), int(seq_len), mesh,
+                  getattr(_first_device(mesh), "device_kind", ""))
 
 
 def _needs_platform(platform: str, t: Target) -> str:
@@ -121,7 +128,11 @@ def _cudnn_unsupported(t: Target) -> str:
 
 
 def _splash_unsupported(t: Target) -> str:
-    return _needs_platform("tpu", t) or accelerators.splash_unsupported(t.seq_len, t.axis_size("context"))
+    reason = _needs_platform("tpu", t) or accelerators.splash_unsupported(t.seq_len, t.axis_size("context"))
+    if not reason and t.dtype.itemsize == 2 and t.device_kind in ("TPU v2", "TPU v3"):
+        # Mosaic on v2/v3 rejects the kernel's 16-bit matmuls (E2001, seen compiling for v2:2x2 and v3:2x2).
+        reason = f"its Mosaic kernel has no {t.dtype.name} matmul on {t.device_kind} (float32 inputs compile there)"
+    return reason
 
 
 def _mesh_axes(mesh, q, k, shards_sequence: bool):

@@ -6,7 +6,8 @@ it in ``.venv/libtpu``, where this module finds it).
     python -m yarn_jax.plan --config configs/yarn_32k.py --topology v5p-8 [--json OUT] [--config.KEY=VALUE ...]
 
 NAME is a Cloud TPU slice (``v2-8``, ``v3-8``, ``v4-8``, ``v5e-8``, ``v5p-8``, ``v6e-8``, ... see
-``SLICES``) or JAX's form (``v5e:2x4``). For the run's mesh (``config.mesh`` over the slice's
+``SLICES``) or JAX's form (``v5e:2x4``); ``h100-8`` (an 8xH100 node) compiles for GPUs the same way
+where JAX's CUDA plugin is installed (``pip install "jax[cuda12]"``; no GPU needed). For the run's mesh (``config.mesh`` over the slice's
 devices) it compiles the train step exactly as ``train`` builds it (parameters and optimizer
 state sharded and donated, ``grad_accum`` micro-batches, remat, scanned layers, the attention
 kernel ``auto`` picks for TPU: splash) and the evaluation forward at each evaluated length, then
@@ -69,7 +70,28 @@ def _slices() -> dict[str, Slice]:
     return out
 
 
+# NVIDIA H100 SXM 80GB as XLA's GPU compiler takes a device it cannot query (a GpuTargetConfig in
+# text form): 132 SMs, 228 KiB shared memory per SM (227 per block opt-in), 50 MiB L2, 3.35 TB/s,
+# compute capability 9.0; cuDNN 9.8 and CUDA 12.9, as the jax[cuda12] wheels bring them.
+H100_TARGET = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84929347584 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 9 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
 SLICES = _slices()
+# GPU nodes (compiled with the CUDA plugin, jax[cuda12], which `make` does not install).
+SLICES.update({f"h100-{n}": Slice(f"h100-{n}", f"cuda:1x1x{n}", n, n, 84929347584 / 2**30, 989.0,
+                                  (("target_config", H100_TARGET),)) for n in (1, 8)})
 
 
 def parse_topology(name: str) -> Slice:
@@ -97,6 +119,24 @@ def find_libtpu() -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def gpu_devices(s: Slice) -> list:
+    """The node's GPU device descriptions, from its target config (needs the CUDA plugin)."""
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(platform="cuda", topology=s.topology.split(":", 1)[1],
+                                                 **dict(s.options)).devices)
+    except Exception as error:  # no CUDA plugin here
+        import jax
+
+        raise UserError(f"planning for GPU needs JAX's CUDA plugin: pip install \"jax[cuda12]=={jax.__version__}\" "
+                        f"({type(error).__name__}: {one_line(error)[:160]})") from None
+
+
+def devices_for(s: Slice) -> list:
+    return gpu_devices(s) if s.topology.startswith("cuda:") else tpu_devices(s)
+
+
 def tpu_devices(s: Slice) -> list:
     """The slice's TPU device descriptions (compile-only: nothing runs on them)."""
     path = find_libtpu()
@@ -110,6 +150,9 @@ def tpu_devices(s: Slice) -> list:
     # guess; naming a local single-host machine keeps it quiet (a real TPU VM sets these itself).
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu takes a lock file so that two processes never share a TPU; compiling shares nothing,
+    # and several plans (or test workers) may compile at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     return list(topologies.get_topology_desc(topology_name=s.topology, platform="tpu", **dict(s.options)).devices)
@@ -292,7 +335,11 @@ def candidates(c, row: dict, s: Slice) -> list[dict]:
         out.append(changes)
     if c.model.param_dtype != "bfloat16":
         out.append(dict(out[-1] if out else {}, **{"model.param_dtype": "bfloat16"}))
-    return out
+    unique = []
+    for overrides in out:
+        if overrides not in unique:
+            unique.append(overrides)
+    return unique
 
 
 def _apply(c, overrides: dict):
@@ -310,9 +357,9 @@ def _apply(c, overrides: dict):
 def plan(c, s: Slice, max_candidates: int = 3, log=print) -> dict:
     """Compiles the run for ``s``, then candidate settings until one fits (at most
     ``max_candidates`` more compiles). The JSON-ready result."""
-    devices = tpu_devices(s)
+    devices = devices_for(s)
     log(f"compiling for {s.name} ({s.topology}: {len(devices)} devices, {devices[0].device_kind}, "
-        f"{s.hbm_gib:g} GiB HBM each) ...")
+        f"{s.hbm_gib:.1f} GiB HBM each) ...")
     row = compile_run(c, devices)
     result = {"topology": s.name, "jax_topology": s.topology, "device_kind": devices[0].device_kind,
               "chips": s.chips, "devices": len(devices), "hbm_per_chip": s.hbm_gib * GIB,
@@ -354,11 +401,11 @@ def _timing(row: dict, s: Slice, devices: int) -> dict:
 def report(c, r: dict) -> str:
     gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
     p = r["per_chip"]
-    lines = [f"{c.name or 'run'} on {r['topology']} ({r['devices']} x {r['device_kind']}, {r['hbm_per_chip'] / GIB:g} "
+    lines = [f"{c.name or 'run'} on {r['topology']} ({r['devices']} x {r['device_kind']}, {r['hbm_per_chip'] / GIB:.1f} "
              f"GiB each), mesh {r['mesh']}, attention {r['attention']}, seq_len {c.seq_len}, batch {c.batch_size} "
              f"in {c.grad_accum} micro-batch(es), remat {c.model.remat}",
              f"  per device: params {gib(p['params'])} GiB, optimizer {gib(p['optimizer'])} GiB, temporaries "
-             f"{gib(p['temp'])} GiB, total {gib(p['total'])} GiB of {r['hbm_per_chip'] / GIB:g}: "
+             f"{gib(p['temp'])} GiB, total {gib(p['total'])} GiB of {r['hbm_per_chip'] / GIB:.1f}: "
              f"{'fits' if r['fits'] else 'DOES NOT FIT'}",
              f"  compiled in {r['compile_seconds']:.0f} s; {r['num_params'] / 1e6:,.1f}M parameters"]
     if r.get("xla_refused"):
