@@ -375,3 +375,32 @@ def test_padded_prompts_share_one_program_and_generate_the_same_tokens(rope):
     logits, cache = nnx.jit(lambda m, ids, c: m.prefill(ids, c, jnp.int32(21)))(model, padded, cache)
     np.testing.assert_allclose(logits, model(prompt)[:, -1], atol=2e-5)
     assert int(cache["index"]) == 21
+
+
+def test_scanned_layers_equal_unrolled_ones_and_convert_both_ways(tmp_path):
+    """scan_layers stacks the same parameters on a leading axis: the same logits, gradients and
+    generated tokens; with_config converts either way; a scanned model saves the transformers
+    layout (one tensor per layer) that loads back unrolled."""
+    torch_model = hf_oracle.tiny_hf_model("llama", hf_oracle.ROPE_CASES["yarn"])
+    model, config = _load(tmp_path / "hf", torch_model)
+    scanned = model_lib.with_config(model, config.replace(scan_layers=True))
+    kernel = scanned.layers.self_attn.q_proj.kernel
+    assert kernel.shape[0] == config.num_layers and kernel.get_metadata()["logical_axes"][0] == "layers"
+    ids = jnp.asarray(np.random.default_rng(3).integers(0, 101, (2, 40)))
+    np.testing.assert_allclose(scanned(ids), model(ids), atol=1e-5)
+    np.testing.assert_array_equal(model_lib.generate(scanned, ids[:, :9], 5), model_lib.generate(model, ids[:, :9], 5))
+
+    def grads(m):
+        graphdef, state = nnx.split(m)
+        return jax.grad(lambda s: nnx.merge(graphdef, s)(ids).mean())(state)
+
+    unrolled_grads, scanned_grads = grads(model), grads(scanned)
+    layer_1 = scanned_grads["layers"]["mlp"]["down_proj"]["kernel"][...][1]
+    np.testing.assert_allclose(layer_1, unrolled_grads["layers"][1]["mlp"]["down_proj"]["kernel"][...], atol=1e-6)
+    back = model_lib.with_config(scanned, config)
+    np.testing.assert_array_equal(back.layers[1].mlp.up_proj.kernel[...], model.layers[1].mlp.up_proj.kernel[...])
+    hf.save_pretrained(scanned, None, str(tmp_path / "out"))
+    reloaded, _ = hf.from_pretrained(str(tmp_path / "out"))
+    np.testing.assert_allclose(reloaded(ids), model(ids), atol=1e-5)
+    loaded_scanned, _ = hf.from_pretrained(str(tmp_path / "out"), scan_layers=True)
+    assert loaded_scanned.config.scan_layers and loaded_scanned.layers.mlp.up_proj.kernel.shape[0] == config.num_layers

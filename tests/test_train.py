@@ -210,3 +210,15 @@ def test_trace_counter_sees_a_recompilation():
     assert counted.traces == 1
     step(jnp.ones(4))  # a new shape compiles again: the trainer would warn
     assert counted.traces == 2
+
+
+def test_a_scanned_run_restores_in_either_layer_layout(tmp_path):
+    from yarn_jax import checkpoint
+
+    config = train_harness.tiny_config({"steps": 1, "mesh": {"data": 1, "fsdp": 1}, "model": {"scan_layers": True}})
+    train.train(config, str(tmp_path / "w"))
+    unrolled, c1, _ = checkpoint.load(str(tmp_path / "w"))
+    scanned, c2, _ = checkpoint.load(str(tmp_path / "w"), scan_layers=True)
+    assert not c1.scan_layers and c2.scan_layers and len(unrolled.layers) == 2
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, 32)))
+    np.testing.assert_allclose(unrolled(ids), scanned(ids), atol=1e-5)
