@@ -53,7 +53,6 @@ def _timed(fn, repeats: int) -> float:
 
 def logits_check(path: str, ids) -> dict:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from yarn_jax import checkpoint

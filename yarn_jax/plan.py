@@ -424,55 +424,28 @@ def report(c, r: dict) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def main(argv) -> None:
-    from absl import flags, logging
-
-    logging.set_verbosity(logging.WARNING)
-    config_path = getattr(flags.FLAGS["config"], "config_filename", "")
-    try:
-        file = config_path.partition(":")[0]
-        if file and not os.path.isfile(file):
-            raise UserError(f"--config {config_path}: no such file (configs/*.py[:runlocal])")
-        c = flags.FLAGS.config
-        c.get("name")
-        s = parse_topology(flags.FLAGS.topology)
-        if flags.FLAGS.json and os.path.isdir(flags.FLAGS.json):
-            raise UserError(f"--json {flags.FLAGS.json!r}: is a directory; give a file path")
-        result = plan(c, s, flags.FLAGS.max_candidates)
-    except (UserError, OSError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    except Exception as error:
-        if config_path and "config" in str(type(error)).lower():
-            print(f"error: --config {config_path}: {one_line(error)}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        raise
-    result["config"] = config_path
-    if flags.FLAGS.json:
-        os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.json)), exist_ok=True)
-        with open(flags.FLAGS.json, "w") as f:
+def _plan_from_command_line(c, config_path: str, flags) -> None:
+    s = parse_topology(flags.topology)
+    if flags.json and os.path.isdir(flags.json):
+        raise UserError(f"--json {flags.json!r}: is a directory; give a file path")
+    result = dict(plan(c, s, flags.max_candidates), config=config_path)
+    if flags.json:
+        os.makedirs(os.path.dirname(os.path.abspath(flags.json)), exist_ok=True)
+        with open(flags.json, "w") as f:
             json.dump(result, f, indent=2)
 
 
-def run() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py[:runlocal])", lock_config=True)
-    flags.DEFINE_string("topology", None, f"TPU slice: {', '.join(SLICES)}, or JAX's form (v5e:2x4)")
+def _define_flags(flags) -> None:
+    flags.DEFINE_string("topology", None, f"TPU slice or GPU node: {', '.join(SLICES)}, or JAX's form (v5e:2x4)")
     flags.DEFINE_string("json", None, "write the result here")
     flags.DEFINE_integer("max_candidates", 3, "settings to compile when the run does not fit")
-    flags.mark_flags_as_required(["config", "topology"])
+    flags.mark_flags_as_required(["topology"])
 
-    def parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
-            print(f"error: {argv[0]}: bad flag or --config override: {type(error).__name__}: {one_line(error)}",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
 
-    app.run(main, flags_parser=parse)
+def run() -> None:
+    from yarn_jax import recipe
+
+    recipe.run_config_app(_plan_from_command_line, _define_flags)
 
 
 if __name__ == "__main__":

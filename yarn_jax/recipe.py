@@ -1,7 +1,8 @@
 """The pieces training configs are built from: the base ConfigDict, published model shapes,
-``runlocal`` (shrink any config to a few-minute CPU run that exercises the same code path), and
-the validation of a config (its fields, its mesh against the devices and the model, its workdir),
-which ``train.setup`` runs before anything expensive."""
+``runlocal`` (shrink any config to a few-minute CPU run that exercises the same code path), the
+validation of a config (its fields, its mesh against the devices and the model, its kernel, its
+workdir), which ``train.setup`` runs before anything expensive, and the command line every
+config-driven command shares (``run_config_app``: train, plan)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 import jax
 import ml_collections
@@ -278,3 +280,51 @@ def check_workdir(c, workdir: str) -> None:
         shown = "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in changed[:4])
         raise UserError(f"--workdir {workdir!r} holds another run's config ({shown}); use a new --workdir, or "
                         "delete that one to start over")
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line of config-driven commands (train, plan)
+# ------------------------------------------------------------------------------------------------
+
+
+def run_config_app(work, define_flags=lambda flags: None, errors: tuple = (UserError, OSError)) -> None:
+    """``--config FILE[:arg]`` with ``--config.KEY=VALUE`` overrides, the flags ``define_flags(flags)``
+    adds, then ``work(config, config_path, flags.FLAGS)``. A bad flag or override, a config file that
+    is missing or fails to load, and any of ``errors`` that ``work`` raises exit 2 with one line."""
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py[:runlocal])", lock_config=True)
+    define_flags(flags)
+    flags.mark_flags_as_required(["config"])
+
+    def fail(text: str):
+        print(f"error: {text}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
+            # a bad --config.KEY=VALUE, or a config file that is missing or does not load
+            fail(f"{argv[0]}: bad flag or --config override: {type(error).__name__}: {one_line(error)}")
+
+    def main(argv):
+        logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
+        path = getattr(flags.FLAGS["config"], "config_filename", "")
+        try:
+            file = path.partition(":")[0]
+            if file and not os.path.isfile(file):
+                raise UserError(f"--config {path}: no such file (configs are Python files with get_config(), "
+                                f"e.g. configs/yarn_32k.py[:runlocal])")
+            config = flags.FLAGS.config
+            config.get("name")  # the flag loads the file lazily: a config that fails to load fails here
+        except Exception as error:  # a missing file, or whatever the config file's own code raised
+            fail(str(error) if isinstance(error, UserError) else f"--config {path}: {one_line(error)}")
+        try:
+            work(config, path, flags.FLAGS)
+        except errors as error:
+            fail(one_line(error))
+
+    app.run(main, flags_parser=parse)
+

@@ -41,7 +41,7 @@ from yarn_jax import model as model_lib
 from yarn_jax import recipe
 from yarn_jax import rope as rope_lib
 from yarn_jax import sharding
-from yarn_jax.errors import UserError, one_line
+from yarn_jax.errors import UserError
 from yarn_jax.progress import Progress
 
 # bf16 dense peak TFLOP/s per device, for MFU when config.peak_tflops_per_device is 0. A TPU v2/v3
@@ -548,50 +548,17 @@ def _require_checkpoint_for_7b(c, config_path: str) -> None:
                         f"(e.g. python -m yarn_jax.convert hf-to-orbax), or use --config {config_path}:runlocal")
 
 
-def main(argv) -> None:
-    from absl import flags, logging
-
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-
-    config_path = flags.FLAGS["config"].config_filename if hasattr(flags.FLAGS["config"], "config_filename") else ""
-    try:
-        file = config_path.partition(":")[0]
-        if file and not os.path.isfile(file):
-            raise UserError(f"--config {config_path}: no such file (configs are Python files with get_config(), "
-                            f"e.g. configs/yarn_32k.py[:runlocal])")
-        config = flags.FLAGS.config
-        config.get("name")  # the flag loads the file lazily: a config that fails to load fails here
-    except Exception as error:  # a missing file, or whatever the config file's own code raised
-        text = str(error) if isinstance(error, UserError) else f"--config {config_path}: {one_line(error)}"
-        print(f"error: {text}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    workdir = flags.FLAGS.workdir or default_workdir(config, config_path or "run")
-    try:
-        _require_checkpoint_for_7b(config, config_path or "the config")
-        train(config, workdir)
-    except (UserError, OSError, TrainingError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+def _train_from_command_line(config, config_path: str, flags) -> None:
+    workdir = flags.workdir or default_workdir(config, config_path or "run")
+    _require_checkpoint_for_7b(config, config_path or "the config")
+    train(config, workdir)
 
 
 def run() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py[:runlocal])", lock_config=True)
-    flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>)")
-    flags.mark_flags_as_required(["config"])
-
-    def parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
-            # a bad --config.KEY=VALUE, or a config file that is missing or does not load
-            print(f"error: {argv[0]}: bad --config or override: {type(error).__name__}: {one_line(error)}",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-
-    app.run(main, flags_parser=parse)
+    recipe.run_config_app(
+        _train_from_command_line,
+        lambda flags: flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>)"),
+        errors=(UserError, OSError, TrainingError))
 
 
 if __name__ == "__main__":
