@@ -6,6 +6,9 @@
 init_from takes a local transformers directory (config.json + *.safetensors), a yarn_jax model
 directory (python -m yarn_jax.convert hf-to-orbax) or another run's workdir. Data defaults to the
 embedded corpus; the paper used PG19 (--config.data.source=tfds:pg19 where you have it prepared).
+
+As written it fits a TPU v5p-8 (4 chips): `python -m yarn_jax.plan --config configs/ntk_32k.py --topology v5p-8`
+plans 83.3 GiB of 95 per chip (batch 64 in 8 micro-batches; docs/accelerators.md has every slice).
 """
 
 from yarn_jax import recipe

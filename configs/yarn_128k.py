@@ -3,6 +3,9 @@ still on 64k-token data (YaRN paper §4.1).
 
     python -m yarn_jax.train --config configs/yarn_128k.py            # reads runs/yarn_64k
     python -m yarn_jax.train --config configs/yarn_128k.py:runlocal   # CPU-size, no checkpoint needed
+
+As written it fits a TPU v5p-8 (4 chips): `python -m yarn_jax.plan --config configs/yarn_128k.py --topology v5p-8`
+plans 82.5 GiB of 95 per chip (batch 64 in 16 micro-batches; docs/accelerators.md has every slice).
 """
 
 from yarn_jax import recipe

@@ -204,6 +204,10 @@ def compile_run(c, devices) -> dict:
     from yarn_jax import train
 
     recipe.validate_config(c)
+    if c.init_from and not os.path.exists(c.init_from):  # e.g. yarn_128k's runs/yarn_64k, made by a run
+        print(f"note: config.init_from {c.init_from!r} is not on this host; planning with config.model's shape",
+              flush=True)
+        c = _apply(c, {"init_from": ""})
     config = train.model_config(c, _vocab_size(c))
     mesh = sharding.make_mesh(recipe.validate_mesh(c, config, len(devices)), devices)
     recipe.validate_kernel(c, config, mesh)
@@ -390,12 +394,17 @@ def plan(c, s: Slice, max_candidates: int = 3, log=print) -> dict:
 
 
 def _timing(row: dict, s: Slice, devices: int) -> dict:
-    """XLA's estimated step time (when its cost model gives a positive one) and the MFU it implies."""
+    """The step time at 100% MFU (the model's FLOPs per device over the device's bf16 peak: a lower
+    bound), and XLA's estimated step time with the MFU it implies, only where its cost model counts
+    the whole step: it counts a loop's body once, so with scanned layers, chunked attention or a
+    chunked loss its FLOPs fall far below the model's and its time means nothing."""
+    per_device = row["model_flops"] / devices
+    out = {"bound_step_seconds": per_device / (s.peak_tflops * 1e12), "est_step_seconds": None, "est_mfu": None,
+           "xla_counts_whole_step": bool(row.get("flops_per_chip")) and row["flops_per_chip"] >= 0.9 * per_device}
     seconds = row.get("xla_seconds")
-    if not seconds or seconds <= 0:
-        return {"est_step_seconds": None, "est_mfu": None}
-    return {"est_step_seconds": seconds,
-            "est_mfu": row["model_flops"] / (devices * s.peak_tflops * 1e12 * seconds)}
+    if out["xla_counts_whole_step"] and seconds and seconds > 0:
+        out.update(est_step_seconds=seconds, est_mfu=per_device / (s.peak_tflops * 1e12 * seconds))
+    return out
 
 
 def report(c, r: dict) -> str:
@@ -410,10 +419,14 @@ def report(c, r: dict) -> str:
              f"  compiled in {r['compile_seconds']:.0f} s; {r['num_params'] / 1e6:,.1f}M parameters"]
     if r.get("xla_refused"):
         lines.append(f"  XLA refused the program: {r['xla_refused']}")
-    if r.get("flops_per_chip"):
-        lines.append(f"  XLA: {r['flops_per_chip']:.3g} FLOP per device per step" + (
-            f", estimated step {r['est_step_seconds']:.2f} s, MFU {100 * r['est_mfu']:.0f}%"
-            if r.get("est_step_seconds") else " (no step-time estimate from its cost model)"))
+    model = r["model_flops"] / r["devices"]
+    lines.append(f"  model: {model:.3g} FLOP per device per step; at 100% MFU ({r['peak_tflops_per_chip']:g} TFLOP/s "
+                 f"bf16) a step takes {r['bound_step_seconds']:.2f} s")
+    if r.get("est_step_seconds"):
+        lines.append(f"  XLA's cost model: estimated step {r['est_step_seconds']:.2f} s, MFU {100 * r['est_mfu']:.0f}%")
+    elif r.get("flops_per_chip"):
+        lines.append(f"  XLA's cost model counts {r['flops_per_chip']:.3g} FLOP (loop bodies once: scanned layers, "
+                     f"chunked attention or loss); no step-time estimate from it")
     for e in r["eval"]:
         lines.append(f"  evaluation forward at {e['length']}: temporaries {gib(e['temp'])} GiB per device")
     return "\n".join(lines)

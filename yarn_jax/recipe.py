@@ -86,6 +86,9 @@ def llama2_7b_extension(rope: str, seq_len: int, steps: int) -> ml_collections.C
     c.seq_len = seq_len
     c.steps = steps
     c.batch_size = 64
+    # Micro-batches of 256k tokens (8 sequences at 32k, 4 at 64k): as written, a recipe then fits a
+    # TPU v5p-8 (4 chips of 95 GiB; 83 GiB per chip planned at 32k and at 64k, docs/accelerators.md).
+    c.grad_accum = max(1, c.batch_size * seq_len // MICRO_BATCH_TOKENS)
     c.model.update(LLAMA2_7B)
     # Scanned layers: the 32-layer step compiles as one layer (minutes instead of tens of minutes).
     c.model.update(attention="auto", dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True)
@@ -98,6 +101,7 @@ def llama2_7b_extension(rope: str, seq_len: int, steps: int) -> ml_collections.C
     return c
 
 
+MICRO_BATCH_TOKENS = 262144  # tokens per micro-batch of the 7B recipes (see llama2_7b_extension)
 SMOLLM2_DIR = "models/smollm2-135m"  # where the README's convert command writes the imported model
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
