@@ -150,6 +150,7 @@ def test_candidates_start_from_what_the_temporaries_predict():
     from yarn_jax import recipe
 
     c = recipe.llama2_7b_extension("yarn:factor=8,original_max_position_embeddings=4096", 32768, 400)
+    c.grad_accum = 1  # as if the recipe did not already micro-batch: the planner's own arithmetic
     row = {"per_chip": {"params": 6 * 2**30, "optimizer": 12 * 2**30, "temp": 227 * 2**30, "total": 246 * 2**30},
            "mesh": {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}}
     tried = plan.candidates(c, row, plan.SLICES["v5p-8"])
