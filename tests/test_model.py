@@ -246,13 +246,13 @@ def _step_temporaries(remat, num_layers, length=1024):
     return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("remat, at_most", [("full", 1 / 4), ("dots", 1 / 1.5)])
-def test_remat_keeps_little_per_layer(remat, at_most):
+def test_remat_keeps_little_per_layer():
     """What each extra layer adds to a step's temporaries, against no remat (measured here: none
     8.0 MiB, full 1.0, dots 3.7). Plain jax.checkpoint gave 7.0 for both on XLA's CPU backend: the
     scheduler ran the recomputation during the forward pass (see model._remat_layer_bwd)."""
-    per_layer = {r: (_step_temporaries(r, 8) - _step_temporaries(r, 2)) / 6 for r in ("none", remat)}
-    assert per_layer[remat] <= at_most * per_layer["none"], per_layer
+    per_layer = {r: (_step_temporaries(r, 4) - _step_temporaries(r, 2)) / 2 for r in ("none", "full", "dots")}
+    assert per_layer["full"] <= per_layer["none"] / 4, per_layer
+    assert per_layer["dots"] <= per_layer["none"] / 1.5, per_layer
 
 
 def test_packed_sequences_match_separate_documents():
@@ -354,8 +354,8 @@ def test_chunked_token_losses_equal_the_full_cross_entropy_and_its_gradients():
         model = nnx.merge(graphdef, s)
         return model_lib.token_losses(model, model.hidden_states(ids), targets, chunk).mean()
 
-    want, want_grads = jax.value_and_grad(reference)(state)
-    for chunk in (0, 5, 8, 24, 100):  # 5: 24 is padded to 25
+    want, want_grads = jax.jit(jax.value_and_grad(reference))(state)
+    for chunk in (0, 5, 100):  # 0: one pass; 5: 24 is padded to 25; 100: one chunk longer than the sequence
         got, grads = jax.jit(jax.value_and_grad(chunked), static_argnums=1)(state, chunk)
         np.testing.assert_allclose(got, want, rtol=1e-6)
         for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):

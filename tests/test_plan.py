@@ -32,9 +32,9 @@ _COMPILE_ON_MESHES = """
     from flax import nnx
     from yarn_jax import attention, model as model_lib, plan, sharding
 
-    # (fsdp alone: the plan CLI test below compiles a recipe on v5e-4 with fsdp 4)
-    MESHES = [("v5e-4", {"fsdp": 2, "tensor": 2}), ("v5e-4", {"data": 2, "context": 2}),
-              ("v5e-8", {"fsdp": 2, "tensor": 2, "context": 2})]
+    # every mesh axis at least once (fsdp alone: the plan CLI test below compiles a recipe on v5e-4
+    # with fsdp 4); the 8-chip mesh holds fsdp x tensor, the 4-chip one data x context
+    MESHES = [("v5e-4", {"data": 2, "context": 2}), ("v5e-8", {"fsdp": 2, "tensor": 2, "context": 2})]
     config = model_lib.ModelConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                                    num_kv_heads=2, head_dim=128, dtype="bfloat16", attention="auto", scan_layers=True,
                                    rope="yarn:factor=4,original_max_position_embeddings=128")
@@ -80,7 +80,7 @@ _COMPILE_ON_MESHES = """
 @needs_libtpu
 def test_train_prefill_and_decode_compile_for_4_and_8_chip_tpu_meshes_with_splash():
     rows = _run(_COMPILE_ON_MESHES)
-    assert len(rows) == 3
+    assert len(rows) == 2
     for row in rows:
         assert row["kernel"] == "splash", row
         assert row["train_step_has_mosaic"] and row["prefill_has_mosaic"], row

@@ -41,10 +41,10 @@ def _assert_same_curve(got: dict, want: dict, tol: float):
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], atol=tol, rtol=0)
 
 
+# Pure data parallelism runs in test_two_processes_train_and_agree_with_one and test_cli's 8-device
+# run of the card's recipe; here, every other axis, with XLA-partitioned kernels and with flash_cpu.
 MESHES = [
-    {"data": 8, "fsdp": 1},
     {"data": 1, "fsdp": 8},
-    {"data": 1, "fsdp": 4, "tensor": 2},
     {"data": 4, "fsdp": 1, "context": 2},
 ]
 
@@ -61,6 +61,8 @@ def test_sharded_meshes_give_the_same_losses_as_one_device(tmp_path):
     if flash_cpu.available():
         runs += [(tmp_path / f"flash{i}", {"mesh": mesh, "model": {"attention": "flash_cpu"}})
                  for i, mesh in enumerate(flash_meshes)]
+    else:  # the tensor axis with the partitioned kernels instead
+        runs.append((tmp_path / "tensor", {"mesh": flash_meshes[0]}))
     curves = _harness(8, *runs)
     assert len(curves) == len(runs)
     for (_, overrides), curve in zip(runs, curves):
@@ -161,10 +163,12 @@ def test_7b_recipe_without_a_checkpoint_says_how_to_point_at_one(tmp_path):
 
 # Every config whose :runlocal trains a tiny random model (smollm2_yarn_32k's runlocal trains the real
 # 135M model at 16k tokens for minutes: run by hand, its step time is in experiments/results/bench.md).
-# yarn_32k's runlocal runs on 8 devices in test_cli (the card's command); yarn_64k's is the same program
-# with another factor. The rest each run here (test_cli validates every config on 1-8 devices).
-TINY_RUNLOCAL = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
-                       if f.endswith(".py") and f not in ("smollm2_yarn_32k.py", "yarn_32k.py", "yarn_64k.py"))
+# yarn_32k's runlocal runs on 8 devices in test_cli (the card's command); yarn_64k's, ntk_32k's and
+# pi_32k's are that program with another rope (each rope is checked against transformers in
+# test_rope). The rest each run here (test_cli validates every config on 1-8 devices).
+SAME_PROGRAM_AS_YARN_32K = ("yarn_64k.py", "ntk_32k.py", "pi_32k.py")
+TINY_RUNLOCAL = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")
+                       and f not in ("smollm2_yarn_32k.py", "yarn_32k.py") + SAME_PROGRAM_AS_YARN_32K)
 
 
 @pytest.mark.slow
