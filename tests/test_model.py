@@ -246,6 +246,7 @@ def _step_temporaries(remat, num_layers, length=1024):
     return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_remat_keeps_little_per_layer():
     """What each extra layer adds to a step's temporaries, against no remat (measured here: none
     8.0 MiB, full 1.0, dots 3.7). Plain jax.checkpoint gave 7.0 for both on XLA's CPU backend: the
@@ -377,6 +378,7 @@ def test_padded_prompts_share_one_program_and_generate_the_same_tokens(rope):
     assert int(cache["index"]) == 21
 
 
+@pytest.mark.slow
 def test_scanned_layers_equal_unrolled_ones_and_convert_both_ways(tmp_path):
     """scan_layers stacks the same parameters on a leading axis: the same logits, gradients and
     generated tokens; with_config converts either way; a scanned model saves the transformers

@@ -77,6 +77,7 @@ _COMPILE_ON_MESHES = """
 """
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_train_prefill_and_decode_compile_for_4_and_8_chip_tpu_meshes_with_splash():
     rows = _run(_COMPILE_ON_MESHES)
@@ -119,6 +120,7 @@ def test_the_registry_decides_by_the_meshs_devices_and_refuses_what_it_cannot_ru
     assert out["auto@1000"] == "xla" and out["auto@1024"] == "splash"  # auto falls back where splash cannot run
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_plan_cli_compiles_a_runlocal_recipe_and_writes_its_json(tmp_path):
     out = tmp_path / "plan.json"

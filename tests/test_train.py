@@ -49,6 +49,7 @@ MESHES = [
 ]
 
 
+@pytest.mark.slow
 def test_sharded_meshes_give_the_same_losses_as_one_device(tmp_path):
     """Every mesh layout (XLA partitions the chunked/dense kernels), and the fused CPU kernel run per
     device (shard_map over batch and heads; the sequence gathered under context parallelism), all
@@ -70,6 +71,7 @@ def test_sharded_meshes_give_the_same_losses_as_one_device(tmp_path):
         _assert_same_curve(curve, baseline, 1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_agree_with_one(tmp_path):
     (baseline,) = _harness(2, (tmp_path / "one", {"mesh": {"data": 2, "fsdp": 1}}))
     workdir = tmp_path / "multi"
@@ -92,6 +94,7 @@ def test_resume_after_a_stop_reproduces_the_uninterrupted_curve(tmp_path):
     _assert_same_curve(train_harness.losses(tmp_path / "stopped"), train_harness.losses(tmp_path / "straight"), 1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_the_run_resumes_exactly(tmp_path):
     overrides = {"steps": 25, "checkpoint": {"every": 1000}, "mesh": {"data": 1, "fsdp": 1}}
     (straight,) = _harness(1, (tmp_path / "straight", overrides))
@@ -182,6 +185,7 @@ def test_every_config_runs_runlocal(tmp_path, config):
         assert json.load(f)["steps"] == 2
 
 
+@pytest.mark.slow
 def test_init_from_a_workdir_continues_from_its_weights(tmp_path):
     first = train_harness.tiny_config({"steps": 6, "mesh": {"data": 1, "fsdp": 1}})
     metrics = train.train(first, str(tmp_path / "first"))
