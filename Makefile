@@ -38,9 +38,11 @@ demo: $(STAMP) corpus
 	$(PY) experiments/demo.py
 
 # Two pytest workers (pytest-xdist): most tests wait on compilation or process start-up, one core each.
+# Tests that run many devices or processes share the group "many_devices", which one worker runs one
+# at a time: two of them at once oversubscribe the cores (XLA's CPU threads spin while they wait).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The toy pipeline: pretrain a tiny byte-level model, every method zero-shot, fine-tunes, passkey.
 small-scale: $(STAMP)

@@ -41,8 +41,3 @@ def pytest_terminal_summary(terminalreporter):
         for method, error in sorted(PARITY_WORST.items()):
             terminalreporter.write_line(f"{method:>28s}  {error:.3e}")
 
-
-def pytest_collection_modifyitems(items):
-    """Tests marked slow go first: pytest-xdist hands the rest out as workers free up, so no long
-    test starts when the other worker has nothing left (which stretched `make test` by ~40 s)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -266,6 +266,7 @@ print("OK")
 """
 
 
+@pytest.mark.xdist_group("many_devices")
 @pytest.mark.slow
 def test_splash_on_a_mesh_splits_batch_heads_and_queries_and_equals_the_reference():
     """The mesh rule the TPU compile cannot check numerically: splash in shard_map over data (batch),

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+import cli_fork
 import hf_oracle
 from yarn_jax import checkpoint, convert, evaluate, hf
 from yarn_jax import data as data_lib
@@ -169,7 +170,7 @@ def test_the_catalogue_is_long_enough():
 
 
 # ------------------------------------------------------------------------------------------------
-# train: a subprocess per case (absl parses the flags of the real command)
+# train: the real command line per case (absl parses its flags), forked from one start-up
 # ------------------------------------------------------------------------------------------------
 
 TRAIN = [  # (devices, arguments, expected message)
@@ -188,30 +189,38 @@ TRAIN = [  # (devices, arguments, expected message)
 ]
 
 
-def _train(devices: int, args: str, workdir: str, **files):
-    argv = args.format(**files).split()
-    return subprocess.run([sys.executable, "-m", "yarn_jax.train", *argv, "--workdir", workdir], cwd=ROOT,
-                          env=_env(devices), capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def train_refusals(files, tmp_path_factory):
+    """Every TRAIN case and a workdir holding another run, each refused by the real command line."""
+    root = tmp_path_factory.mktemp("train_refusals")
+    other = root / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(OTHER_RUN))
+    cases = [(devices, args.format(**files).split() + ["--workdir", str(root / f"w{i}")])
+             for i, (devices, args, _) in enumerate(TRAIN)]
+    cases.append((1, ["--config", "configs/tiny_stdlib.py:runlocal", "--workdir", str(other)]))
+    return root, cli_fork.run_train_cli(cases)
 
 
-@pytest.mark.parametrize("devices, args, message", TRAIN, ids=[t[1].split(" ", 2)[-1][:50] for t in TRAIN])
-def test_bad_training_input_exits_2_with_one_line(files, tmp_path, devices, args, message):
-    done = _train(devices, args, str(tmp_path / "w"), **files)
+@pytest.mark.parametrize("case", range(len(TRAIN)), ids=[t[1].split(" ", 2)[-1][:50] for t in TRAIN])
+def test_bad_training_input_exits_2_with_one_line(train_refusals, case):
+    root, results = train_refusals
+    done, message = results[case], TRAIN[case][2]
     assert done.returncode == 2, done.stderr[-2000:]
     _one_error_line(done.stderr, message)
-    assert not (tmp_path / "w").exists()
+    assert not (root / f"w{case}").exists()
 
 
-def test_a_workdir_holding_another_run_is_refused_and_kept(files, tmp_path):
-    workdir = tmp_path / "w"
-    workdir.mkdir()
-    other = {"seq_len": 999, "model": {"hidden_size": 8}}
-    (workdir / "config.json").write_text(json.dumps(other))
-    done = _train(1, "--config configs/tiny_stdlib.py:runlocal", str(workdir))
+OTHER_RUN = {"seq_len": 999, "model": {"hidden_size": 8}}
+
+
+def test_a_workdir_holding_another_run_is_refused_and_kept(train_refusals):
+    root, results = train_refusals
+    done, workdir = results[len(TRAIN)], root / "other"
     assert done.returncode == 2
     _one_error_line(done.stderr, "holds another run's config (")
     assert "model.hidden_size: 8 there, 64 now; seq_len: 999 there, 256 now" in done.stderr
-    assert json.loads((workdir / "config.json").read_text()) == other and os.listdir(workdir) == ["config.json"]
+    assert json.loads((workdir / "config.json").read_text()) == OTHER_RUN and os.listdir(workdir) == ["config.json"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,6 +276,7 @@ def test_every_config_validates_on_1_2_4_and_8_devices():
                                                     or "config.mesh" in result["error"]), (key, result)
 
 
+@pytest.mark.xdist_group("many_devices")
 @pytest.mark.slow
 def test_the_cards_runlocal_trains_on_8_devices(tmp_path):
     done = subprocess.run([sys.executable, "-m", "yarn_jax.train", "--config", "configs/yarn_32k.py:runlocal",

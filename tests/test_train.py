@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cli_fork
 import train_harness
 from yarn_jax import train
 
@@ -49,6 +50,7 @@ MESHES = [
 ]
 
 
+@pytest.mark.xdist_group("many_devices")
 @pytest.mark.slow
 def test_sharded_meshes_give_the_same_losses_as_one_device(tmp_path):
     """Every mesh layout (XLA partitions the chunked/dense kernels), and the fused CPU kernel run per
@@ -71,6 +73,7 @@ def test_sharded_meshes_give_the_same_losses_as_one_device(tmp_path):
         _assert_same_curve(curve, baseline, 1e-5)
 
 
+@pytest.mark.xdist_group("many_devices")
 @pytest.mark.slow
 def test_two_processes_train_and_agree_with_one(tmp_path):
     (baseline,) = _harness(2, (tmp_path / "one", {"mesh": {"data": 2, "fsdp": 1}}))
@@ -141,7 +144,7 @@ def _cli(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_VALUES = [
     (["--config.seq_len=1"], "config.seq_len: must be an integer >= 2"),
     (["--config.optimizer.schedule=warmup_only"], "config.optimizer.schedule"),
     (["--config.no_such_field=1"], "no_such_field"),
@@ -149,19 +152,34 @@ def _cli(*args, timeout=600):
     (["--config.rope=yarn:factor=0.5,original_max_position_embeddings=8"], "RopeSpec.factor"),
     (["--config.mesh.pipeline=2"], "pipeline"),
     (["--config.loss_chunk=-1"], "config.loss_chunk: must be an integer >= 0"),
-])
-def test_bad_config_values_fail_before_anything_runs(tmp_path, args, message):
-    done = _cli("--config", "configs/tiny_stdlib.py:runlocal", "--workdir", str(tmp_path / "w"), *args)
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """The real command line on each bad value, and on a 7B recipe without its checkpoint."""
+    root = tmp_path_factory.mktemp("refusals")
+    cases = [(1, ["--config", "configs/tiny_stdlib.py:runlocal", "--workdir", str(root / f"w{i}"), *args])
+             for i, (args, _) in enumerate(BAD_VALUES)]
+    cases.append((1, ["--config", "configs/yarn_32k.py", "--workdir", str(root / "7b")]))
+    return root, cli_fork.run_train_cli(cases)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_VALUES)), ids=[a[0] for a, _ in BAD_VALUES])
+def test_bad_config_values_fail_before_anything_runs(refusals, case):
+    root, results = refusals
+    done, message = results[case], BAD_VALUES[case][1]
     assert done.returncode != 0 and message in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "w").exists()
+    assert not (root / f"w{case}").exists()
 
 
-def test_7b_recipe_without_a_checkpoint_says_how_to_point_at_one(tmp_path):
-    done = _cli("--config", "configs/yarn_32k.py", "--workdir", str(tmp_path / "w"))
+def test_7b_recipe_without_a_checkpoint_says_how_to_point_at_one(refusals):
+    root, results = refusals
+    done = results[len(BAD_VALUES)]
     assert done.returncode != 0
     assert "--config.init_from=" in done.stderr and "configs/yarn_32k.py:runlocal" in done.stderr
-    assert not (tmp_path / "w").exists()
+    assert not (root / "7b").exists()
 
 
 # Every config whose :runlocal trains a tiny random model (smollm2_yarn_32k's runlocal trains the real
