@@ -586,6 +586,9 @@ def default_split(source: str) -> str | None:
 
 
 def run(args) -> dict:
+    """The evaluate command: everything that can be checked (arguments, rope specs, tokenizer,
+    documents, kernels, memory) is checked before any weights load; then one row per rope variant
+    and length, a table, and the JSON and plot asked for."""
     lengths = _check_args(args)
     path = args.checkpoint or args.hf
     kind = checkpoint_lib.path_kind(path)
@@ -595,98 +598,27 @@ def run(args) -> dict:
     if tokenizer.vocab_size > own_config.vocab_size:
         raise EvalError(f"--tokenizer {tokenizer.spec}: vocabulary {tokenizer.vocab_size} exceeds the model's "
                         f"{own_config.vocab_size}")
-    if args.task == "perplexity":
-        split_name = args.split if args.split is not None else default_split(args.data)
-        split = data_lib.load_split(args.data, tokenizer, split_name)
-        min_tokens = args.min_doc_tokens or lengths[-1]
-        doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
-        print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
-              f">= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
-    runtime = {"attention": args.attention or "auto", "matmul": args.matmul}
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype, why = model_lib.auto_dtype()
-        print(f"dtype auto: {dtype} ({why})", flush=True)
-    runtime.update(dtype=dtype, param_dtype=dtype)
-    _check_kernels(args, lengths, own_config, dtype)
-    if args.prefill_chunk is not None:
-        runtime.update(prefill_chunk=args.prefill_chunk)
+    documents = _documents(args, tokenizer, lengths) if args.task == "perplexity" else None
+    runtime = _runtime(args, lengths, own_config)
     config = model_lib.configure(own_config, **runtime)
     windows = {}
     for length in lengths:
-        windows[length] = (sum(len(sliding_windows(int(split.lengths()[d]), length, args.stride, args.truncate))
-                               for d in doc_ids) if args.task == "perplexity" else 1)
-    rows = check_memory(config, lengths, windows, args.batch_size, args.task)
+        windows[length] = (sum(len(sliding_windows(int(documents.split.lengths()[d]), length, args.stride,
+                                                   args.truncate)) for d in documents.ids)
+                           if args.task == "perplexity" else 1)
+    batch_rows = check_memory(config, lengths, windows, args.batch_size, args.task)
     model, config, _ = checkpoint_lib.load(path, **runtime)
-    results = []
     if args.task == "perplexity":
-        longest_fits = all(split.lengths()[d] >= lengths[-1] - 1 for d in doc_ids)
-        # With one full window per document, a (method, length) whose frequencies and scaling at that
-        # length equal ones already evaluated scores exactly the same (dynamic_yarn up to L = none).
-        same = {}
-
-        def frequencies(spec, n):
-            if not (args.truncate and longest_fits):
-                return None
-            return (n, *(np.asarray(x).tobytes() for x in rope_lib.inv_freq(spec, n)))
-
-        for label, spec in variants:
-            variant = model_lib.with_rope(model, spec)
-            if args.truncate and len(lengths) > 1 and longest_fits and not spec.is_length_dependent:
-                # One forward pass at the longest length serves every length (its prefixes).
-                todo = len(doc_ids) * (lengths[-1] - 1)
-                with Progress(todo, f"{label} @ {lengths[0]}..{lengths[-1]}", "tok") as bar:
-                    start = time.perf_counter()
-                    rows_out = truncate_perplexities(variant, split, doc_ids, lengths, stride=args.stride,
-                                                     batch_size=rows[lengths[-1]], mean=args.mean, progress=bar)
-                for row in rows_out:
-                    row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
-                    results.append(row)
-                    same.setdefault(frequencies(spec, row["length"]), row)
-                continue
-            for length in lengths:
-                earlier = same.get(frequencies(spec, length))
-                if earlier is not None:
-                    results.append(dict(earlier, rope=label, spec=rope_lib.to_string(spec), seconds=0.0,
-                                        same_frequencies_as=earlier["rope"]))
-                    print(f"{label} @ {length}: the same frequencies as {earlier['rope']} at this length; its row "
-                          "stands", flush=True)
-                    continue
-                todo = sum(w.scored for d in doc_ids for w in sliding_windows(
-                    int(split.lengths()[d]), length, args.stride, args.truncate))
-                with Progress(todo, f"{label} @ {length}", "tok") as bar:
-                    start = time.perf_counter()
-                    row = perplexity(variant, split, doc_ids, length, stride=args.stride, truncate=args.truncate,
-                                     batch_size=rows[length], mean=args.mean, progress=bar)
-                row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
-                results.append(row)
-                if frequencies(spec, length):
-                    same.setdefault(frequencies(spec, length), row)
+        results = _perplexity_rows(args, model, variants, documents, lengths, batch_rows)
         metric = "ppl"
         header = (f"sliding-window perplexity ({'truncate: one window per document' if args.truncate else f'stride {args.stride}'}; "
-                  f"{args.mean}-weighted mean; {len(doc_ids)} documents of >= {min_tokens} tokens, "
-                  f"{'all documents' if split_name is None else 'split ' + split_name})")
+                  f"{args.mean}-weighted mean; {len(documents.ids)} documents of >= {documents.min_tokens} tokens, "
+                  f"{'all documents' if documents.split_name is None else 'split ' + documents.split_name})")
     else:
-        depths = [float(d) for d in np.linspace(0, 1, args.depths)] if args.depths else None
-        for label, spec in variants:
-            variant = model_lib.with_rope(model, spec)
-            for length in lengths:
-                with Progress(args.trials, f"passkey {label} @ {length}", "trial") as bar:
-                    row = passkey(variant, tokenizer, length, trials=args.trials, seed=args.seed, depths=depths,
-                                  progress=bar)
-                row.update(rope=label, spec=rope_lib.to_string(spec))
-                results.append(row)
+        results = _passkey_rows(args, model, variants, tokenizer, lengths)
         metric = "accuracy"
         header = f"passkey retrieval, {args.trials} trials per cell (generation accuracy; digit accuracy in the JSON)"
-    print(f"\n{header}\n")
-    print(markdown_table(results, metric))
-    if args.task == "passkey" and "digit_accuracy" in results[0]:
-        print("\ndigit accuracy (correct digit ranked first among the ten; chance 10%)\n")
-        print(markdown_table(results, "digit_accuracy"))
-    if args.task == "passkey" and args.depths:
-        for label, _ in variants:
-            print(f"\ndepth x length, generation accuracy, rope {label}\n")
-            print(depth_grid(results, label))
+    _print_tables(args, results, variants, header, metric)
     output = {"task": args.task, "model": path, "tokenizer": tokenizer.spec, "dtype": config.dtype,
               "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "results": results}
     if args.json:
@@ -697,6 +629,114 @@ def run(args) -> dict:
         plot(results, args.task, args.plot)
         print(f"plot: {args.plot}")
     return output
+
+
+@dataclasses.dataclass(frozen=True)
+class _Documents:
+    """The documents a perplexity run scores: ``ids`` of ``split`` with at least ``min_tokens``."""
+    split: data_lib.TokenSplit
+    split_name: str | None
+    ids: np.ndarray
+    min_tokens: int
+
+
+def _documents(args, tokenizer, lengths: list[int]) -> _Documents:
+    split_name = args.split if args.split is not None else default_split(args.data)
+    split = data_lib.load_split(args.data, tokenizer, split_name)
+    min_tokens = args.min_doc_tokens or lengths[-1]
+    doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
+    print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
+          f">= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
+    return _Documents(split, split_name, doc_ids, min_tokens)
+
+
+def _runtime(args, lengths: list[int], own_config) -> dict:
+    """The runtime fields the model loads with; ``--dtype auto`` says what it chose and why, and an
+    attention kernel or matmul that cannot run is refused here, before any weights load."""
+    runtime = {"attention": args.attention or "auto", "matmul": args.matmul}
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype, why = model_lib.auto_dtype()
+        print(f"dtype auto: {dtype} ({why})", flush=True)
+    runtime.update(dtype=dtype, param_dtype=dtype)
+    _check_kernels(args, lengths, own_config, dtype)
+    if args.prefill_chunk is not None:
+        runtime.update(prefill_chunk=args.prefill_chunk)
+    return runtime
+
+
+def _perplexity_rows(args, model, variants, documents: _Documents, lengths: list[int], batch_rows: dict) -> list[dict]:
+    split, doc_ids = documents.split, documents.ids
+    results = []
+    longest_fits = all(split.lengths()[d] >= lengths[-1] - 1 for d in doc_ids)
+    # With one full window per document, a (method, length) whose frequencies and scaling at that
+    # length equal ones already evaluated scores exactly the same (dynamic_yarn up to L = none).
+    same = {}
+
+    def frequencies(spec, n):
+        if not (args.truncate and longest_fits):
+            return None
+        return (n, *(np.asarray(x).tobytes() for x in rope_lib.inv_freq(spec, n)))
+
+    for label, spec in variants:
+        variant = model_lib.with_rope(model, spec)
+        if args.truncate and len(lengths) > 1 and longest_fits and not spec.is_length_dependent:
+            # One forward pass at the longest length serves every length (its prefixes).
+            todo = len(doc_ids) * (lengths[-1] - 1)
+            with Progress(todo, f"{label} @ {lengths[0]}..{lengths[-1]}", "tok") as bar:
+                start = time.perf_counter()
+                rows_out = truncate_perplexities(variant, split, doc_ids, lengths, stride=args.stride,
+                                                 batch_size=batch_rows[lengths[-1]], mean=args.mean, progress=bar)
+            for row in rows_out:
+                row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
+                results.append(row)
+                same.setdefault(frequencies(spec, row["length"]), row)
+            continue
+        for length in lengths:
+            earlier = same.get(frequencies(spec, length))
+            if earlier is not None:
+                results.append(dict(earlier, rope=label, spec=rope_lib.to_string(spec), seconds=0.0,
+                                    same_frequencies_as=earlier["rope"]))
+                print(f"{label} @ {length}: at this length its frequencies equal {earlier['rope']}'s, so that "
+                      "row's scores are reused (no second pass)", flush=True)
+                continue
+            todo = sum(w.scored for d in doc_ids for w in sliding_windows(
+                int(split.lengths()[d]), length, args.stride, args.truncate))
+            with Progress(todo, f"{label} @ {length}", "tok") as bar:
+                start = time.perf_counter()
+                row = perplexity(variant, split, doc_ids, length, stride=args.stride, truncate=args.truncate,
+                                 batch_size=batch_rows[length], mean=args.mean, progress=bar)
+            row.update(rope=label, spec=rope_lib.to_string(spec), seconds=time.perf_counter() - start)
+            results.append(row)
+            if frequencies(spec, length):
+                same.setdefault(frequencies(spec, length), row)
+    return results
+
+
+def _passkey_rows(args, model, variants, tokenizer, lengths: list[int]) -> list[dict]:
+    depths = [float(d) for d in np.linspace(0, 1, args.depths)] if args.depths else None
+    results = []
+    for label, spec in variants:
+        variant = model_lib.with_rope(model, spec)
+        for length in lengths:
+            with Progress(args.trials, f"passkey {label} @ {length}", "trial") as bar:
+                row = passkey(variant, tokenizer, length, trials=args.trials, seed=args.seed, depths=depths,
+                              progress=bar)
+            row.update(rope=label, spec=rope_lib.to_string(spec))
+            results.append(row)
+    return results
+
+
+def _print_tables(args, results: list[dict], variants, header: str, metric: str) -> None:
+    print(f"\n{header}\n")
+    print(markdown_table(results, metric))
+    if args.task == "passkey" and "digit_accuracy" in results[0]:
+        print("\ndigit accuracy (correct digit ranked first among the ten; chance 10%)\n")
+        print(markdown_table(results, "digit_accuracy"))
+    if args.task == "passkey" and args.depths:
+        for label, _ in variants:
+            print(f"\ndepth x length, generation accuracy, rope {label}\n")
+            print(depth_grid(results, label))
 
 
 def build_parser() -> argparse.ArgumentParser:

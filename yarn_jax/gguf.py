@@ -113,10 +113,11 @@ class GGUFReader:
             self._reader = gguf.GGUFReader(path)  # memory-maps the file; reads header and metadata only
         except ValueError as error:
             raise GGUFError(f"{path}: not a readable GGUF file ({error})") from None
-        if (self._meta("split.count") or 1) > 1:
+        self.meta = _Metadata(path, self._reader.fields, gguf.GGUFValueType)
+        if (self.meta.get("split.count") or 1) > 1:
             raise GGUFError(f"{path}: split GGUF files are not supported; merge the parts first "
                             f"(llama-gguf-split --merge)")
-        self.arch = self._meta("general.architecture")
+        self.arch = self.meta.arch
         if self.arch not in ARCHITECTURES:
             raise GGUFError(f"{path}: architecture {self.arch!r} is not supported; "
                             f"supported: {', '.join(ARCHITECTURES)}")
@@ -136,131 +137,22 @@ class GGUFReader:
                 raise GGUFError(f"{path}: tensor {name} has no counterpart in transformers' "
                                 f"{ARCHITECTURES[self.arch]}")
             self.files[hf_name] = name
-        self.hf_config: dict = self._config()
+        self.hf_config: dict = _hf_config(self.meta, {name: self._shape(name) for name in self._tensors},
+                                          self._rope_freqs())
         # llama.cpp permutes Q/K rows for the architectures it runs with interleaved ("normal") rope.
         self._permuted_heads = {} if self.arch == "qwen2" else {
             "attn_q": self.hf_config["num_attention_heads"], "attn_k": self.hf_config["num_key_value_heads"]}
-
-    # -- metadata --------------------------------------------------------------------------------
-
-    def _meta(self, key: str, default=None):
-        field = self._reader.fields.get(key)
-        return default if field is None else _field_value(field, self._gguf.GGUFValueType)
-
-    def _arch_meta(self, key: str, default=None, required: bool = False):
-        value = self._meta(f"{self.arch}.{key}", default)
-        if required and value is None:
-            raise GGUFError(f"{self.path}: metadata {self.arch}.{key} is missing")
-        if isinstance(value, list):
-            raise GGUFError(f"{self.path}: per-layer {self.arch}.{key} is not supported (one value for all layers)")
-        return value
 
     def _shape(self, gguf_name: str) -> tuple[int, ...]:
         """The torch-layout shape (ggml lists dimensions innermost first)."""
         return tuple(int(n) for n in reversed(self._tensors[gguf_name].shape))
 
-    def _config(self) -> dict:
-        """The transformers config.json dict the metadata describes (keys as transformers maps them)."""
-        where, arch = self.path, self.arch
-        hidden = self._arch_meta("embedding_length", required=True)
-        heads = self._arch_meta("attention.head_count", required=True)
-        kv_heads = self._arch_meta("attention.head_count_kv", heads)
-        head_dim = self._arch_meta("attention.key_length") or hidden // heads
-        rotary = self._arch_meta("rope.dimension_count", head_dim)
-        if rotary != head_dim or self._arch_meta("attention.value_length", head_dim) != head_dim:
-            raise GGUFError(f"{where}: rope.dimension_count {rotary} or attention.value_length differs from the "
-                            f"head dim {head_dim}; transformers' {ARCHITECTURES[arch]} rotates whole heads")
-        if "token_embd.weight" not in self._tensors:
-            raise GGUFError(f"{where}: tensor token_embd.weight is missing")
-        vocab = self._shape("token_embd.weight")[0]
-        if self._arch_meta("vocab_size", vocab) != vocab:
-            raise GGUFError(f"{where}: {arch}.vocab_size {self._arch_meta('vocab_size')} != token_embd rows {vocab}")
-        theta = float(self._arch_meta("rope.freq_base", 10000.0))
-        rope = self._rope_parameters(theta, head_dim)
-        config = {
-            "architectures": [ARCHITECTURES[arch]], "model_type": arch, "vocab_size": vocab,
-            "hidden_size": hidden, "intermediate_size": self._arch_meta("feed_forward_length", required=True),
-            "num_hidden_layers": self._arch_meta("block_count", required=True),
-            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
-            "hidden_act": "silu", "max_position_embeddings": self._arch_meta("context_length", required=True),
-            "rms_norm_eps": self._arch_meta("attention.layer_norm_rms_epsilon", required=True),
-            "rope_theta": theta,
-            "rope_scaling": None if rope["rope_type"] == "default" else {
-                key: value for key, value in rope.items() if key != "rope_theta"},
-            "rope_parameters": rope,
-            # llama.cpp writes output.weight only when it is not the embedding matrix
-            "tie_word_embeddings": "output.weight" not in self._tensors,
-            "bos_token_id": self._meta("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": self._meta("tokenizer.ggml.eos_token_id"),
-            "pad_token_id": self._meta("tokenizer.ggml.padding_token_id"),
-            "initializer_range": 0.02, "torch_dtype": "float32", "use_cache": True,
-        }
-        biases = {name.split(".")[-2] for name in self._tensors if name.endswith(".bias")}
-        if arch == "llama":
-            attention = biases & {"attn_q", "attn_k", "attn_v", "attn_output"}
-            mlp = biases & {"ffn_gate", "ffn_up", "ffn_down"}
-            if attention not in (set(), {"attn_q", "attn_k", "attn_v", "attn_output"}) or mlp not in (
-                    set(), {"ffn_gate", "ffn_up", "ffn_down"}):
-                raise GGUFError(f"{where}: llama biases on {', '.join(sorted(biases))} only; transformers' "
-                                f"Llama has biases on all of q/k/v/o (attention_bias) or all of the MLP (mlp_bias)")
-            config.update(attention_bias=bool(attention), mlp_bias=bool(mlp))
-        elif arch == "qwen2":
-            if biases != {"attn_q", "attn_k", "attn_v"}:
-                raise GGUFError(f"{where}: qwen2 biases on {', '.join(sorted(biases)) or 'nothing'}; "
-                                f"transformers' Qwen2 has biases on q, k and v only")
-            config.update(use_sliding_window=False, sliding_window=None)
-        else:
-            if biases:
-                raise GGUFError(f"{where}: mistral biases on {', '.join(sorted(biases))}; "
-                                f"transformers' Mistral has none")
-            config["sliding_window"] = self._arch_meta("attention.sliding_window")
-        return config
-
-    def _rope_parameters(self, theta: float, head_dim: int) -> dict:
-        """transformers v5's rope_parameters for the file's rope metadata.
-
-        transformers' GGUF loader ignores these keys for llama/mistral/qwen2 (it reads them for
-        gpt-oss only) and never reads ``rope_freqs``; llama.cpp applies them, and so does this.
-        """
-        where = self.path
-        kind = self._arch_meta("rope.scaling.type") or "none"
-        factor = self._arch_meta("rope.scaling.factor")
-        attn_factor = self._arch_meta("rope.scaling.attn_factor")
-        if _ROPE_FREQS in self._tensors:
-            if kind != "none":
-                raise GGUFError(f"{where}: both rope_freqs and rope.scaling.type {kind!r}; expected one of them")
-            tensor = self._tensors[_ROPE_FREQS]
-            factors = self._gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            return {"rope_theta": theta, **_llama3_from_factors(np.asarray(factors).ravel(), theta, head_dim, where)}
-        if kind == "none":
-            return {"rope_type": "default", "rope_theta": theta}
-        if factor is None:
-            raise GGUFError(f"{where}: rope.scaling.type {kind!r} without rope.scaling.factor")
-        if kind == "linear":
-            if attn_factor not in (None, 1.0):
-                raise GGUFError(f"{where}: rope.scaling.attn_factor {attn_factor} with linear scaling is not supported")
-            return {"rope_type": "linear", "rope_theta": theta, "factor": float(factor)}
-        if kind != "yarn":
-            raise GGUFError(f"{where}: rope.scaling.type {kind!r} is not supported; supported: none, linear, yarn "
-                            f"(and Llama 3's rope_freqs tensor)")
-        original = self._arch_meta("rope.scaling.original_context_length")
-        if original is None:
-            raise GGUFError(f"{where}: yarn rope scaling without rope.scaling.original_context_length")
-        ext_factor = self._arch_meta("rope.scaling.yarn_ext_factor")
-        if ext_factor not in (None, 1.0):  # llama.cpp's default 1.0 is transformers' only ramp blend
-            raise GGUFError(f"{where}: rope.scaling.yarn_ext_factor {ext_factor} is not supported (only 1.0)")
-        params = {"rope_type": "yarn", "rope_theta": theta, "factor": float(factor),
-                  "original_max_position_embeddings": int(original)}
-        # llama.cpp's yarn_attn_factor is the total attention magnitude, i.e. transformers'
-        # attention_factor; rope.scaling.attn_factor (the same magnitude as Phi-3's converter writes
-        # it) is the fallback. yarn_log_multiplier only enters DeepSeek-style graphs: ignored.
-        attention = self._arch_meta("rope.scaling.yarn_attn_factor", attn_factor)
-        for key, value in (("beta_fast", self._arch_meta("rope.scaling.yarn_beta_fast")),
-                           ("beta_slow", self._arch_meta("rope.scaling.yarn_beta_slow")),
-                           ("attention_factor", attention)):
-            if value is not None:
-                params[key] = float(value)
-        return params
+    def _rope_freqs(self) -> np.ndarray | None:
+        """Llama 3's per-pair frequency factors, where the file carries them."""
+        tensor = self._tensors.get(_ROPE_FREQS)
+        if tensor is None:
+            return None
+        return np.asarray(self._gguf.quants.dequantize(tensor.data, tensor.tensor_type)).ravel()
 
     # -- tensors ---------------------------------------------------------------------------------
 
@@ -286,50 +178,178 @@ class GGUFReader:
     def __exit__(self, *exc):
         self.close()
 
-    # -- tokenizer -------------------------------------------------------------------------------
-
     def tokenizer_files(self) -> dict[str, dict]:
         """``{"tokenizer.json": ..., "tokenizer_config.json": ...}`` rebuilt from the tokenizer metadata."""
-        model = self._meta("tokenizer.ggml.model")
-        tokens = self._meta("tokenizer.ggml.tokens")
-        if model not in TOKENIZER_MODELS or not tokens:
-            supported = ", ".join(f"{name} ({kind})" for name, kind in TOKENIZER_MODELS.items())
-            raise GGUFError(f"{self.path}: tokenizer model {model!r} is not supported; supported: {supported}")
-        types = self._meta("tokenizer.ggml.token_type") or [1] * len(tokens)
-        merges = self._meta("tokenizer.ggml.merges")
-        if model == "gpt2":
-            pre = self._meta("tokenizer.ggml.pre") or "default"  # llama.cpp's choice when the key is missing
-            if pre not in PRE_TOKENIZERS:
-                raise GGUFError(f"{self.path}: tokenizer.ggml.pre {pre!r} is not supported; "
-                                f"supported: {', '.join(sorted(PRE_TOKENIZERS))}")
-            tokenizer = _byte_level_bpe(tokens, types, merges or [], *PRE_TOKENIZERS[pre], where=self.path)
-        else:
-            scores = self._meta("tokenizer.ggml.scores")
-            if not merges and not scores:
-                raise GGUFError(f"{self.path}: sentencepiece vocabulary with neither merges nor scores")
-            add_space_prefix = self._meta("tokenizer.ggml.add_space_prefix", True)
-            tokenizer = _sentencepiece_bpe(tokens, types, merges, scores, add_space_prefix, where=self.path)
+        return _tokenizer_files(self.meta)
 
-        def token(key):
-            index = self._meta(f"tokenizer.ggml.{key}")
-            return tokens[index] if index is not None and 0 <= index < len(tokens) else None
 
-        bos, eos = token("bos_token_id"), token("eos_token_id")
-        # llama.cpp adds BOS to sentencepiece vocabularies unless told otherwise; transformers agrees
-        add_bos = bool(self._meta("tokenizer.ggml.add_bos_token", model == "llama")) and bos is not None
-        add_eos = bool(self._meta("tokenizer.ggml.add_eos_token", False)) and eos is not None
-        tokenizer.post_processor = _bos_eos_template(add_bos, bos, self._meta("tokenizer.ggml.bos_token_id"),
-                                                     add_eos, eos, self._meta("tokenizer.ggml.eos_token_id"))
-        config = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": bos, "eos_token": eos, "unk_token": token("unknown_token_id"),
-            "pad_token": token("padding_token_id"), "add_bos_token": add_bos, "add_eos_token": add_eos,
-            "clean_up_tokenization_spaces": False,
-        }
-        template = self._meta("tokenizer.chat_template")
-        if isinstance(template, str):
-            config["chat_template"] = template
-        return {"tokenizer.json": json.loads(tokenizer.to_str()), "tokenizer_config.json": config}
+class _Metadata:
+    """A GGUF file's metadata: ``get(key)`` reads any key, ``arch_value(key)`` a key of the file's
+    architecture (``{arch}.{key}``), refusing per-layer lists and, if ``required``, a missing key."""
+
+    def __init__(self, path: str, fields: dict, value_types):
+        self.path, self._fields, self._value_types = path, fields, value_types
+        self.arch = self.get("general.architecture")
+
+    def get(self, key: str, default=None):
+        field = self._fields.get(key)
+        return default if field is None else _field_value(field, self._value_types)
+
+    def arch_value(self, key: str, default=None, required: bool = False):
+        value = self.get(f"{self.arch}.{key}", default)
+        if required and value is None:
+            raise GGUFError(f"{self.path}: metadata {self.arch}.{key} is missing")
+        if isinstance(value, list):
+            raise GGUFError(f"{self.path}: per-layer {self.arch}.{key} is not supported (one value for all layers)")
+        return value
+
+
+def _hf_config(meta: _Metadata, shapes: dict[str, tuple[int, ...]], rope_freqs: np.ndarray | None) -> dict:
+    """The transformers config.json dict the metadata describes (keys as transformers maps them);
+    ``shapes``: the torch-layout shape of every tensor in the file; ``rope_freqs``: Llama 3's factors."""
+    where, arch = meta.path, meta.arch
+    hidden = meta.arch_value("embedding_length", required=True)
+    heads = meta.arch_value("attention.head_count", required=True)
+    kv_heads = meta.arch_value("attention.head_count_kv", heads)
+    head_dim = meta.arch_value("attention.key_length") or hidden // heads
+    rotary = meta.arch_value("rope.dimension_count", head_dim)
+    if rotary != head_dim or meta.arch_value("attention.value_length", head_dim) != head_dim:
+        raise GGUFError(f"{where}: rope.dimension_count {rotary} or attention.value_length differs from the "
+                        f"head dim {head_dim}; transformers' {ARCHITECTURES[arch]} rotates whole heads")
+    if "token_embd.weight" not in shapes:
+        raise GGUFError(f"{where}: tensor token_embd.weight is missing")
+    vocab = shapes["token_embd.weight"][0]
+    if meta.arch_value("vocab_size", vocab) != vocab:
+        raise GGUFError(f"{where}: {arch}.vocab_size {meta.arch_value('vocab_size')} != token_embd rows {vocab}")
+    theta = float(meta.arch_value("rope.freq_base", 10000.0))
+    rope = _rope_parameters(meta, rope_freqs, theta, head_dim)
+    config = {
+        "architectures": [ARCHITECTURES[arch]], "model_type": arch, "vocab_size": vocab,
+        "hidden_size": hidden, "intermediate_size": meta.arch_value("feed_forward_length", required=True),
+        "num_hidden_layers": meta.arch_value("block_count", required=True),
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+        "hidden_act": "silu", "max_position_embeddings": meta.arch_value("context_length", required=True),
+        "rms_norm_eps": meta.arch_value("attention.layer_norm_rms_epsilon", required=True),
+        "rope_theta": theta,
+        "rope_scaling": None if rope["rope_type"] == "default" else {
+            key: value for key, value in rope.items() if key != "rope_theta"},
+        "rope_parameters": rope,
+        # llama.cpp writes output.weight only when it is not the embedding matrix
+        "tie_word_embeddings": "output.weight" not in shapes,
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
+        "initializer_range": 0.02, "torch_dtype": "float32", "use_cache": True,
+    }
+    biases = {name.split(".")[-2] for name in shapes if name.endswith(".bias")}
+    if arch == "llama":
+        attention = biases & {"attn_q", "attn_k", "attn_v", "attn_output"}
+        mlp = biases & {"ffn_gate", "ffn_up", "ffn_down"}
+        if attention not in (set(), {"attn_q", "attn_k", "attn_v", "attn_output"}) or mlp not in (
+                set(), {"ffn_gate", "ffn_up", "ffn_down"}):
+            raise GGUFError(f"{where}: llama biases on {', '.join(sorted(biases))} only; transformers' "
+                            f"Llama has biases on all of q/k/v/o (attention_bias) or all of the MLP (mlp_bias)")
+        config.update(attention_bias=bool(attention), mlp_bias=bool(mlp))
+    elif arch == "qwen2":
+        if biases != {"attn_q", "attn_k", "attn_v"}:
+            raise GGUFError(f"{where}: qwen2 biases on {', '.join(sorted(biases)) or 'nothing'}; "
+                            f"transformers' Qwen2 has biases on q, k and v only")
+        config.update(use_sliding_window=False, sliding_window=None)
+    else:
+        if biases:
+            raise GGUFError(f"{where}: mistral biases on {', '.join(sorted(biases))}; "
+                            f"transformers' Mistral has none")
+        config["sliding_window"] = meta.arch_value("attention.sliding_window")
+    return config
+
+
+def _rope_parameters(meta: _Metadata, rope_freqs: np.ndarray | None, theta: float, head_dim: int) -> dict:
+    """transformers v5's rope_parameters for the file's rope metadata.
+
+    transformers' GGUF loader ignores these keys for llama/mistral/qwen2 (it reads them for
+    gpt-oss only) and never reads ``rope_freqs``; llama.cpp applies them, and so does this.
+    """
+    where = meta.path
+    kind = meta.arch_value("rope.scaling.type") or "none"
+    factor = meta.arch_value("rope.scaling.factor")
+    attn_factor = meta.arch_value("rope.scaling.attn_factor")
+    if rope_freqs is not None:
+        if kind != "none":
+            raise GGUFError(f"{where}: both rope_freqs and rope.scaling.type {kind!r}; expected one of them")
+        return {"rope_theta": theta, **_llama3_from_factors(rope_freqs, theta, head_dim, where)}
+    if kind == "none":
+        return {"rope_type": "default", "rope_theta": theta}
+    if factor is None:
+        raise GGUFError(f"{where}: rope.scaling.type {kind!r} without rope.scaling.factor")
+    if kind == "linear":
+        if attn_factor not in (None, 1.0):
+            raise GGUFError(f"{where}: rope.scaling.attn_factor {attn_factor} with linear scaling is not supported")
+        return {"rope_type": "linear", "rope_theta": theta, "factor": float(factor)}
+    if kind != "yarn":
+        raise GGUFError(f"{where}: rope.scaling.type {kind!r} is not supported; supported: none, linear, yarn "
+                        f"(and Llama 3's rope_freqs tensor)")
+    original = meta.arch_value("rope.scaling.original_context_length")
+    if original is None:
+        raise GGUFError(f"{where}: yarn rope scaling without rope.scaling.original_context_length")
+    ext_factor = meta.arch_value("rope.scaling.yarn_ext_factor")
+    if ext_factor not in (None, 1.0):  # llama.cpp's default 1.0 is transformers' only ramp blend
+        raise GGUFError(f"{where}: rope.scaling.yarn_ext_factor {ext_factor} is not supported (only 1.0)")
+    params = {"rope_type": "yarn", "rope_theta": theta, "factor": float(factor),
+              "original_max_position_embeddings": int(original)}
+    # llama.cpp's yarn_attn_factor is the total attention magnitude, i.e. transformers'
+    # attention_factor; rope.scaling.attn_factor (the same magnitude as Phi-3's converter writes
+    # it) is the fallback. yarn_log_multiplier only enters DeepSeek-style graphs: ignored.
+    attention = meta.arch_value("rope.scaling.yarn_attn_factor", attn_factor)
+    for key, value in (("beta_fast", meta.arch_value("rope.scaling.yarn_beta_fast")),
+                       ("beta_slow", meta.arch_value("rope.scaling.yarn_beta_slow")),
+                       ("attention_factor", attention)):
+        if value is not None:
+            params[key] = float(value)
+    return params
+
+
+def _tokenizer_files(meta: _Metadata) -> dict[str, dict]:
+    """``{"tokenizer.json": ..., "tokenizer_config.json": ...}`` rebuilt from the tokenizer metadata."""
+    model = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if model not in TOKENIZER_MODELS or not tokens:
+        supported = ", ".join(f"{name} ({kind})" for name, kind in TOKENIZER_MODELS.items())
+        raise GGUFError(f"{meta.path}: tokenizer model {model!r} is not supported; supported: {supported}")
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = meta.get("tokenizer.ggml.merges")
+    if model == "gpt2":
+        pre = meta.get("tokenizer.ggml.pre") or "default"  # llama.cpp's choice when the key is missing
+        if pre not in PRE_TOKENIZERS:
+            raise GGUFError(f"{meta.path}: tokenizer.ggml.pre {pre!r} is not supported; "
+                            f"supported: {', '.join(sorted(PRE_TOKENIZERS))}")
+        tokenizer = _byte_level_bpe(tokens, types, merges or [], *PRE_TOKENIZERS[pre], where=meta.path)
+    else:
+        scores = meta.get("tokenizer.ggml.scores")
+        if not merges and not scores:
+            raise GGUFError(f"{meta.path}: sentencepiece vocabulary with neither merges nor scores")
+        add_space_prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+        tokenizer = _sentencepiece_bpe(tokens, types, merges, scores, add_space_prefix, where=meta.path)
+
+    def token(key):
+        index = meta.get(f"tokenizer.ggml.{key}")
+        return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+
+    bos, eos = token("bos_token_id"), token("eos_token_id")
+    # llama.cpp adds BOS to sentencepiece vocabularies unless told otherwise; transformers agrees
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama")) and bos is not None
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
+    tokenizer.post_processor = _bos_eos_template(add_bos, bos, meta.get("tokenizer.ggml.bos_token_id"),
+                                                 add_eos, eos, meta.get("tokenizer.ggml.eos_token_id"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": bos, "eos_token": eos, "unk_token": token("unknown_token_id"),
+        "pad_token": token("padding_token_id"), "add_bos_token": add_bos, "add_eos_token": add_eos,
+        "clean_up_tokenization_spaces": False,
+    }
+    template = meta.get("tokenizer.chat_template")
+    if isinstance(template, str):
+        config["chat_template"] = template
+    return {"tokenizer.json": json.loads(tokenizer.to_str()), "tokenizer_config.json": config}
 
 
 def _field_value(field, kinds):

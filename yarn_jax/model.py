@@ -466,14 +466,7 @@ class Decoder(nnx.Module):
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        if frequencies is None:
-            cos, sin = rope_lib.cos_sin(c.rope, positions, rope_seq_len)
-        else:
-            inv_freq, scaling = frequencies
-            angles = positions[..., None].astype(jnp.float32) * inv_freq[:, None, :]
-            angles = jnp.concatenate([angles, angles], axis=-1)
-            cos, sin = jnp.cos(angles) * scaling[:, None, None], jnp.sin(angles) * scaling[:, None, None]
-        rotary = Rotary(cos, sin, c.rope_layout)
+        rotary = _rotary(c, positions, rope_seq_len, frequencies)
         forward = _layer_forward
         if c.remat != "none":
             forward = functools.partial(remat_layer, policy=_REMAT_POLICY[c.remat])
@@ -514,56 +507,9 @@ class Decoder(nnx.Module):
         one dense block would need [S, S] logits).
         """
         length = input_ids.shape[1] if length is None else length
-        hidden, cache = self._prefill(input_ids, cache, length)
+        hidden, cache = _prefill(self, input_ids, cache, length)
         last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
         return self._logits(last)[:, 0], cache
-
-    def _prefill(self, input_ids, cache: dict, length):
-        """Hidden states [B, S, hidden] of the tokens and the cache holding their keys and values."""
-        c = self.config
-        tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32), 0, axis=1)
-        if input_ids.shape[1] > c.prefill_chunk and chunked_prefill(c):
-            hidden, ks, vs = self._prefill_chunks(input_ids, cache["k"], cache["v"], length)
-        else:
-            hidden, ks, vs = self._prefill_one_pass(input_ids, cache["k"], cache["v"], length)
-        length = jnp.asarray(length, jnp.int32)
-        return hidden, dict(cache, k=ks, v=vs, tokens=tokens, index=length, rope_len=length)
-
-    def _prefill_one_pass(self, input_ids, cache_k, cache_v, length):
-        c = self.config
-        b, s = input_ids.shape
-        positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-        rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
-        x, ks, vs = self._embed(input_ids), [], []
-        for i, layer in enumerate(self.layer_list()):
-            x, k, v = layer.forward_kv(x, rotary)
-            ks.append(_write(cache_k[i], k, 0))
-            vs.append(_write(cache_v[i], v, 0))
-        return x, tuple(ks), tuple(vs)
-
-    def _prefill_chunks(self, input_ids, cache_k, cache_v, length):
-        """``_prefill_one_pass`` as a scan over chunks of ``prefill_chunk`` tokens, each one a
-        cached decoding step of many tokens. The last chunk ends at S (it starts earlier, and
-        recomputes some positions, when the chunk does not divide S): no padding past the prompt,
-        which the cache may have no room for. Every chunk uses the rope of the whole prompt
-        (rope length ``length``), as one pass does."""
-        c = self.config
-        b, s = input_ids.shape
-        chunk = c.prefill_chunk
-        starts = jnp.asarray([min(i * chunk, s - chunk) for i in range(-(-s // chunk))], jnp.int32)
-
-        def step(carry, start):
-            ks, vs, hidden = carry
-            ids = jax.lax.dynamic_slice_in_dim(input_ids, start, chunk, axis=1)
-            positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk))
-            rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
-            x, ks, vs = self._decode_layers(ids, rotary, ks, vs, start)
-            hidden = jax.lax.dynamic_update_slice_in_dim(hidden, x.astype(hidden.dtype), start, axis=1)
-            return (ks, vs, hidden), None
-
-        hidden = jnp.zeros((b, s, c.hidden_size), c.dtype)
-        (ks, vs, hidden), _ = jax.lax.scan(step, (tuple(cache_k), tuple(cache_v), hidden), starts)
-        return hidden, ks, vs
 
     def decode(self, input_ids, cache: dict):
         """Cached decoding of t new tokens [B, t] after ``cache["index"]`` tokens. Returns float32
@@ -580,7 +526,7 @@ class Decoder(nnx.Module):
         c = self.config
         seq_len = cache["index"] + input_ids.shape[1]
         if not (c.rope.is_length_dependent and c.dynamic_cache == "exact"):
-            return self._decode_cached(input_ids, cache, seq_len)
+            return _decode_cached(self, input_ids, cache, seq_len)
         cache = dict(cache, tokens=jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32),
                                                                        cache["index"], axis=1))
         (now, now_scale), (then, then_scale) = rope_lib.inv_freq(c.rope, seq_len), rope_lib.inv_freq(c.rope, cache["rope_len"])
@@ -589,30 +535,98 @@ class Decoder(nnx.Module):
         def recompute(cache):
             # One causal pass over the whole token buffer at the new length (tokens past seq_len
             # are padding that causal attention keeps out), through prefill's O(T)-memory path.
-            hidden, full = self._prefill(cache["tokens"], cache, seq_len)
+            hidden, full = _prefill(self, cache["tokens"], cache, seq_len)
             hidden = jax.lax.dynamic_slice_in_dim(hidden, cache["index"], input_ids.shape[1], axis=1)
             return self._logits(hidden), full
 
-        return jax.lax.cond(unchanged, lambda cache: self._decode_cached(input_ids, cache, seq_len), recompute, cache)
+        return jax.lax.cond(unchanged, lambda cache: _decode_cached(self, input_ids, cache, seq_len), recompute, cache)
 
-    def _decode_cached(self, input_ids, cache: dict, seq_len):
-        c = self.config
-        index = cache["index"]
-        b, t = input_ids.shape
-        positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
-        rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, seq_len), c.rope_layout)
-        x, ks, vs = self._decode_layers(input_ids, rotary, cache["k"], cache["v"], index)
-        return self._logits(x), dict(cache, k=ks, v=vs, index=index + t)
 
-    def _decode_layers(self, input_ids, rotary, cache_k, cache_v, index):
-        """Tokens [B, t] at cache slots index.. through every layer, each writing its keys and values
-        into its cache buffer and attending to it: hidden states [B, t, hidden] and the new buffers."""
-        x, new_k, new_v = self._embed(input_ids), [], []
-        for i, layer in enumerate(self.layer_list()):
-            x, k, v = layer.decode(x, rotary, cache_k[i], cache_v[i], index)
-            new_k.append(k)
-            new_v.append(v)
-        return x, tuple(new_k), tuple(new_v)
+def _rotary(c: ModelConfig, positions, rope_seq_len, frequencies) -> Rotary:
+    """cos/sin of ``c.rope`` at ``positions``, or of ``frequencies`` (inv_freq [B, rotary_dim/2],
+    attention_scaling [B]: one row's frequencies each) where given."""
+    if frequencies is None:
+        cos, sin = rope_lib.cos_sin(c.rope, positions, rope_seq_len)
+    else:
+        inv_freq, scaling = frequencies
+        angles = positions[..., None].astype(jnp.float32) * inv_freq[:, None, :]
+        angles = jnp.concatenate([angles, angles], axis=-1)
+        cos, sin = jnp.cos(angles) * scaling[:, None, None], jnp.sin(angles) * scaling[:, None, None]
+    return Rotary(cos, sin, c.rope_layout)
+
+
+# -- The KV-cache paths behind Decoder.prefill and Decoder.decode --------------------------------
+
+
+def _prefill(model: Decoder, input_ids, cache: dict, length):
+    """Hidden states [B, S, hidden] of the tokens and the cache holding their keys and values."""
+    c = model.config
+    tokens = jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32), 0, axis=1)
+    if input_ids.shape[1] > c.prefill_chunk and chunked_prefill(c):
+        hidden, ks, vs = _prefill_chunks(model, input_ids, cache["k"], cache["v"], length)
+    else:
+        hidden, ks, vs = _prefill_one_pass(model, input_ids, cache["k"], cache["v"], length)
+    length = jnp.asarray(length, jnp.int32)
+    return hidden, dict(cache, k=ks, v=vs, tokens=tokens, index=length, rope_len=length)
+
+
+def _prefill_one_pass(model: Decoder, input_ids, cache_k, cache_v, length):
+    c = model.config
+    b, s = input_ids.shape
+    positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+    rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
+    x, ks, vs = model._embed(input_ids), [], []
+    for i, layer in enumerate(model.layer_list()):
+        x, k, v = layer.forward_kv(x, rotary)
+        ks.append(_write(cache_k[i], k, 0))
+        vs.append(_write(cache_v[i], v, 0))
+    return x, tuple(ks), tuple(vs)
+
+
+def _prefill_chunks(model: Decoder, input_ids, cache_k, cache_v, length):
+    """``_prefill_one_pass`` as a scan over chunks of ``prefill_chunk`` tokens, each one a
+    cached decoding step of many tokens. The last chunk ends at S (it starts earlier, and
+    recomputes some positions, when the chunk does not divide S): no padding past the prompt,
+    which the cache may have no room for. Every chunk uses the rope of the whole prompt
+    (rope length ``length``), as one pass does."""
+    c = model.config
+    b, s = input_ids.shape
+    chunk = c.prefill_chunk
+    starts = jnp.asarray([min(i * chunk, s - chunk) for i in range(-(-s // chunk))], jnp.int32)
+
+    def step(carry, start):
+        ks, vs, hidden = carry
+        ids = jax.lax.dynamic_slice_in_dim(input_ids, start, chunk, axis=1)
+        positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk))
+        rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
+        x, ks, vs = _decode_layers(model, ids, rotary, ks, vs, start)
+        hidden = jax.lax.dynamic_update_slice_in_dim(hidden, x.astype(hidden.dtype), start, axis=1)
+        return (ks, vs, hidden), None
+
+    hidden = jnp.zeros((b, s, c.hidden_size), c.dtype)
+    (ks, vs, hidden), _ = jax.lax.scan(step, (tuple(cache_k), tuple(cache_v), hidden), starts)
+    return hidden, ks, vs
+
+
+def _decode_cached(model: Decoder, input_ids, cache: dict, seq_len):
+    c = model.config
+    index = cache["index"]
+    b, t = input_ids.shape
+    positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
+    rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, seq_len), c.rope_layout)
+    x, ks, vs = _decode_layers(model, input_ids, rotary, cache["k"], cache["v"], index)
+    return model._logits(x), dict(cache, k=ks, v=vs, index=index + t)
+
+
+def _decode_layers(model: Decoder, input_ids, rotary, cache_k, cache_v, index):
+    """Tokens [B, t] at cache slots index.. through every layer, each writing its keys and values
+    into its cache buffer and attending to it: hidden states [B, t, hidden] and the new buffers."""
+    x, new_k, new_v = model._embed(input_ids), [], []
+    for i, layer in enumerate(model.layer_list()):
+        x, k, v = layer.decode(x, rotary, cache_k[i], cache_v[i], index)
+        new_k.append(k)
+        new_v.append(v)
+    return x, tuple(new_k), tuple(new_v)
 
 
 def token_losses(model: Decoder, hidden, targets, chunk: int = 0):

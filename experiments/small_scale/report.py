@@ -265,12 +265,9 @@ def headline(statement: str) -> str:
     return statement
 
 
-def write(results: dict, out: str, name: str) -> list[str]:
-    """Writes NAME.md and NAME_readme.md under ``out``; returns their paths."""
-    p, L, s = results["settings"], results["settings"]["L"], results["settings"]["scale"]
+def _claims_section(results: dict, name: str) -> list[str]:
+    """Title, provenance, the claims table, the verdict rules and what did not reproduce."""
     quick = results["mode"] == "quick"
-    reg = results["regime"]
-    data = results["data"]
     not_reproduced = [c for c in results["claims"] if c["verdict"] != claims_lib.REPRODUCED]
     lines = [f"# YaRN's claims at small scale, second edition{' (quick mode: a smoke run, not evidence)' if quick else ''}", "",
              f"Produced by `python experiments/small_scale/run.py{' --quick' if quick else ''}`; every number below comes "
@@ -297,7 +294,15 @@ def write(results: dict, out: str, name: str) -> list[str]:
     lines += ["", "## Each claim's parts", ""]
     for c in results["claims"]:
         lines += [f"### {c['id']}: {c['verdict']}", "", c["statement"], "", parts_table(c), ""]
+    return lines
 
+
+def _setup_section(results: dict) -> list[str]:
+    """Development notes, then regime, model, data, fine-tuning and passkey settings."""
+    p, L, s = results["settings"], results["settings"]["L"], results["settings"]["scale"]
+    reg = results["regime"]
+    data = results["data"]
+    lines = []
     lines += ["## Notes from development runs", "", *[f"- {n}" for n in DEVELOPMENT_NOTES], ""]
     lines += ["## Setup", "",
               f"- **Regime.** L = {L}, head dim {p['head_dim']}, RoPE base {p['theta']:g}, YaRN/NTK-by-parts alpha = "
@@ -331,7 +336,13 @@ def write(results: dict, out: str, name: str) -> list[str]:
               f"{', '.join(str(int(m * L)) for m in p['passkey_multiples'])} tokens; retrieval = greedy decoding "
               "yields the key; margin = log p(key | prompt with the key) - log p(key | the same prompt with another "
               "key).", ""]
+    return lines
 
+
+def _perplexity_section(results: dict, name: str) -> list[str]:
+    """The plot and the zero-shot and fine-tuned perplexity tables per corpus."""
+    p, L, s = results["settings"], results["settings"]["L"], results["settings"]["scale"]
+    lines = []
     lines += [f"![perplexity vs length]({name}.png)", ""]
     zs_fixed = ["none", "linear4", "ntk4", "nbp4", "yarn4", "linear8", "ntk8", "nbp8", "yarn8"]
     zs_dyn = ["dyn_pi", "dyn_ntk", "dyn_nbp", "dyn_yarn", "dyn_ntk_hf"]
@@ -348,7 +359,12 @@ def write(results: dict, out: str, name: str) -> list[str]:
                   f"YaRN after {p['ft_mid']} steps: " + ", ".join(
                       f"{v['ppl']:.3f} at {k.rsplit('/', 1)[1]}" for k, v in results["tables"]["perplexity"].items()
                       if k.startswith(f"ftmid/{corpus}/")), ""]
+    return lines
 
+
+def _curves_section(results: dict) -> list[str]:
+    """C6's validation-loss curves during fine-tuning (empty without curves)."""
+    lines = []
     curves = results["curves"]
     if curves:
         steps = sorted({st for c in curves.values() for st, _ in c["mean"]})
@@ -362,7 +378,12 @@ def write(results: dict, out: str, name: str) -> list[str]:
                 f"{m} {'never' if v is None else v}" for m, v in results["steps_to_target"].items()) +
                       " (resolution: the evaluation interval; 0 = already there zero-shot)."]
         lines.append("")
+    return lines
 
+
+def _passkey_section(results: dict) -> list[str]:
+    """Passkey retrieval and margin per model and length (empty without passkey results)."""
+    lines = []
     if results["passkey"]:
         lengths = sorted({v["length"] for v in results["passkey"].values()})
         models = list(dict.fromkeys(v["model"] for v in results["passkey"].values()))
@@ -381,7 +402,13 @@ def write(results: dict, out: str, name: str) -> list[str]:
                           "against the teacher-forced retrieval above: " + ", ".join(
                               f"{k} {100 * g['accuracy']:.0f}% (agreement {100 * g['agreement']:.0f}%)" for k, g in checks)]
         lines.append("")
+    return lines
 
+
+def _sweep_section(results: dict) -> list[str]:
+    """The exploratory alpha/beta sweep (empty without one)."""
+    s, L = results["settings"]["scale"], results["settings"]["L"]
+    lines = []
     if results["sweep"]:
         lines += [f"## alpha/beta sweep (zero-shot yarn s=4 at {s * L}; exploratory, not a claim)", "",
                   "| corpus | alpha | beta | kept/blended/interpolated | perplexity | vs alpha 1, beta 8 [95% CI] |",
@@ -390,8 +417,22 @@ def write(results: dict, out: str, name: str) -> list[str]:
             lines.append(f"| {r['corpus']} | {r['alpha']:g} | {r['beta']:g} | {'/'.join(map(str, r['bands']))} | "
                          f"{r['ppl']:.3f} | {_pct(r['vs_chosen'])} [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] |")
         lines.append("")
+    return lines
+
+
+def _commands_section(results: dict) -> list[str]:
+    """Every command as run, with its wall time."""
+    lines = []
     lines += ["## Commands (as run, with wall time)", "",
               *[f"- `{c['command']}` ({c['seconds']:.0f} s)" for c in results.get("commands", [])], ""]
+    return lines
+
+
+def write(results: dict, out: str, name: str) -> list[str]:
+    """Writes NAME.md and NAME_readme.md under ``out``; returns their paths."""
+    lines = (_claims_section(results, name) + _setup_section(results) + _perplexity_section(results, name)
+             + _curves_section(results) + _passkey_section(results) + _sweep_section(results)
+             + _commands_section(results))
     md = os.path.join(out, f"{name}.md")
     with open(md, "w") as f:
         f.write("\n".join(lines))

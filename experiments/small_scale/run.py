@@ -218,6 +218,44 @@ def finetune_args(p, workdir: str, init: str, source: str, rope: str, seed: int,
 def run_pipeline(mode: str, p: dict, work: str, log: Log) -> dict:
     """Runs (or resumes) everything; returns the raw measurements (``documents``)."""
     L, s = p["L"], p["scale"]
+    settings = _pin_settings(work, p)
+    lengths = lengths_of(p, p["multiples"])
+    books, manifest = _prepare_data(mode, p, work, max(lengths))
+    files = manifest["files"]
+    corpus_names = [c for c in claims_lib.CORPORA if c in files]
+    cells, passkey_cells, evals = {}, {}, os.path.join(work, "eval")
+    os.makedirs(evals, exist_ok=True)
+
+    pretrain = os.path.join(work, "pretrain")
+    if not finished(pretrain, p["pretrain_steps"]):
+        train(pretrain_args(p, pretrain, files["pretrain"]), log, "pretrain")
+    progress(log, "pretrain", p, rates_from_pretraining(p, pretrain), books is not None)
+
+    fixed = _zero_shot(p, pretrain, files, corpus_names, lengths, evals, log, cells)
+    progress(log, "zero-shot", p)
+    curves = _fine_tuning_step0(p, pretrain, files, evals, log)
+
+    pk_lengths = lengths_of(p, p["passkey_multiples"])
+    passkey_cells["pretrained"] = [passkey_cell(pretrain, None, pk_lengths, p, evals, "pk_pretrained", log, True)]
+    passkey_cells["zs_yarn"] = [passkey_cell(pretrain, fixed[f"yarn{s}"], pk_lengths, p, evals, "pk_zs_yarn", log)]
+
+    # Fine-tunes, seed-major: a cut-short run has whole seeds.
+    for seed in p["seeds"]:
+        for m in p["ft_methods"]:
+            workdir = _fine_tune(p, m, seed, work, pretrain, files, corpus_names, lengths, evals, log, cells)
+            curves[m]["seeds"][seed] = report.read_curve(os.path.join(workdir, "metrics.jsonl"), f"eval/loss@{s * L}")
+            passkey_cells.setdefault(f"ft_{m}", []).append(
+                passkey_cell(workdir, None, pk_lengths, p, evals, f"pk_ft_{m}_seed{seed}", log, seed == p["seeds"][0]))
+            progress(log, f"fine-tune {m} seed {seed}", p)
+
+    # cells with no key for the rope label (ftmid) are stored without the empty label
+    cells = {k.replace("//", "/"): v for k, v in cells.items()}
+    return {"mode": mode, "settings": settings, "manifest": manifest, "cells": cells, "curves": curves,
+            "passkey": passkey_cells, "corpora": corpus_names}
+
+
+def _pin_settings(work: str, p: dict) -> dict:
+    """The run's settings, written to WORKDIR/settings.json; a workdir holding other settings is refused."""
     os.makedirs(work, exist_ok=True)
     settings_path = os.path.join(work, "settings.json")
     settings = json.loads(json.dumps(p))
@@ -227,10 +265,11 @@ def run_pipeline(mode: str, p: dict, work: str, log: Log) -> dict:
                 raise SystemExit(f"{work} holds a run with other settings; delete it or pass another --workdir")
     with open(settings_path, "w") as f:
         json.dump(settings, f, indent=2)
-    lengths = lengths_of(p, p["multiples"])
-    longest = max(lengths)
+    return settings
 
-    # ---- 1. Data -----------------------------------------------------------------------------------
+
+def _prepare_data(mode: str, p: dict, work: str, longest: int) -> tuple[str | None, dict]:
+    """(the books folder or None, the corpora manifest), building the corpora once."""
     books = BOOKS if os.path.isdir(BOOKS) and os.listdir(BOOKS) else None
     if books is None:
         if mode == "full":
@@ -238,29 +277,25 @@ def run_pipeline(mode: str, p: dict, work: str, log: Log) -> dict:
         print(f"note: {BOOKS} is missing (python experiments/corpus.py fetches it); quick mode runs on code only")
     data_dir = os.path.join(work, "data")
     if not os.path.exists(os.path.join(data_dir, "manifest.json")):
-        corpora.build(data_dir, L=L, eval_length=longest, eval_docs=p["eval_docs"], books_dir=books,
+        corpora.build(data_dir, L=p["L"], eval_length=longest, eval_docs=p["eval_docs"], books_dir=books,
                       seed=p["data_seed"], passkey_fraction=p["passkey_fraction"])
     with open(os.path.join(data_dir, "manifest.json")) as f:
-        manifest = json.load(f)
-    files = manifest["files"]
-    corpus_names = [c for c in claims_lib.CORPORA if c in files]
-    cells, curves, passkey_cells, evals = {}, {}, {}, os.path.join(work, "eval")
-    os.makedirs(evals, exist_ok=True)
+        return books, json.load(f)
 
-    def keep(prefix: str, rows: list[dict], labels: dict):
-        """cells[prefix/label/length] = per-document (nll, tokens) of each row."""
-        by_spec = {spec: label for label, spec in labels.items()}
-        for r in rows:
-            cells.setdefault(f"{prefix}/{by_spec[r['rope']]}/{r['length']}", []).append(
-                (r["document_nll"], r["document_tokens"]))
 
-    # ---- 2. Pretrain ------------------------------------------------------------------------------
-    pretrain = os.path.join(work, "pretrain")
-    if not finished(pretrain, p["pretrain_steps"]):
-        train(pretrain_args(p, pretrain, files["pretrain"]), log, "pretrain")
-    progress(log, "pretrain", p, rates_from_pretraining(p, pretrain), books is not None)
+def _keep(cells: dict, prefix: str, rows: list[dict], labels: dict) -> None:
+    """cells[prefix/label/length] = per-document (nll, tokens) of each row."""
+    by_spec = {spec: label for label, spec in labels.items()}
+    for r in rows:
+        cells.setdefault(f"{prefix}/{by_spec[r['rope']]}/{r['length']}", []).append(
+            (r["document_nll"], r["document_tokens"]))
 
-    # ---- 3. Zero-shot --------------------------------------------------------------------------------
+
+def _zero_shot(p: dict, pretrain: str, files: dict, corpus_names: list[str], lengths: list[int], evals: str,
+               log: Log, cells: dict) -> dict:
+    """Every fixed rope at every length and the dynamic ones past L, per corpus, plus C1's windows;
+    returns the fixed ropes (label -> SPEC)."""
+    L = p["L"]
     fixed, dynamic = zero_shot_ropes(p)
     past = [n for n in lengths if n > L]
     for corpus in corpus_names:
@@ -268,11 +303,11 @@ def run_pipeline(mode: str, p: dict, work: str, log: Log) -> dict:
         rows = evaluate(["perplexity", "--checkpoint", pretrain, "--data", data, "--lengths", ",".join(map(str, lengths)),
                          "--truncate", *[a for spec in fixed.values() for a in ("--rope", spec)]],
                         os.path.join(evals, f"zs_{corpus}_fixed.json"), log, "zero-shot")
-        keep(f"zs/{corpus}", rows, fixed)
+        _keep(cells, f"zs/{corpus}", rows, fixed)
         rows = evaluate(["perplexity", "--checkpoint", pretrain, "--data", data, "--lengths", ",".join(map(str, past)),
                          "--truncate", *[a for spec in dynamic.values() for a in ("--rope", spec)]],
                         os.path.join(evals, f"zs_{corpus}_dynamic.json"), log, "zero-shot")
-        keep(f"zs/{corpus}", rows, dynamic)
+        _keep(cells, f"zs/{corpus}", rows, dynamic)
         # C1: the tokens past L of each document's first 2L-1, in one 2L window vs sliding windows of L.
         c1 = f"jsonl:{files[corpus + '_c1']}"
         trunc = evaluate(["perplexity", "--checkpoint", pretrain, "--data", c1, "--lengths", f"{L},{2 * L}", "--truncate",
@@ -283,59 +318,54 @@ def run_pipeline(mode: str, p: dict, work: str, log: Log) -> dict:
         at = {r["length"]: r for r in trunc}
         cells[f"c1/{corpus}/window2L"] = [_minus(at[2 * L], at[L])]
         cells[f"c1/{corpus}/slidingL"] = [_minus(slide[0], at[L])]
-    progress(log, "zero-shot", p)
+    return fixed
 
-    # C6's step 0: each fine-tuning rope on the fine-tuning runs' own validation documents.
+
+def _fine_tuning_step0(p: dict, pretrain: str, files: dict, evals: str, log: Log) -> dict:
+    """C6's step 0: each fine-tuning rope on the fine-tuning runs' own validation documents.
+    Returns the curves, per method, to which each fine-tune adds its seeds."""
     ft_ropes = finetune_ropes(p)
     step0 = evaluate(["perplexity", "--checkpoint", pretrain, "--data", f"jsonl:{files['finetune']}", "--split",
-                      "validation", "--samples", str(p["ft_eval_batches"] * p["ft_batch"]), "--lengths", str(s * L),
-                      "--truncate", "--min-doc-tokens", str(s * L - 1),
+                      "validation", "--samples", str(p["ft_eval_batches"] * p["ft_batch"]), "--lengths",
+                      str(p["scale"] * p["L"]), "--truncate", "--min-doc-tokens", str(p["scale"] * p["L"] - 1),
                       *[a for m in p["ft_methods"] for a in ("--rope", ft_ropes[m][0])]],
                      os.path.join(evals, "c6_step0.json"), log, "C6")
+    curves = {}
     for m in p["ft_methods"]:
         row = next(r for r in step0 if r["rope"] == ft_ropes[m][0])
         curves[m] = {"step0": row["loss"], "seeds": {}}
+    return curves
 
-    # ---- 4. Passkey, pretrained ----------------------------------------------------------------------
-    pk_lengths = lengths_of(p, p["passkey_multiples"])
-    passkey_cells["pretrained"] = [passkey_cell(pretrain, None, pk_lengths, p, evals, "pk_pretrained", log, True)]
-    passkey_cells["zs_yarn"] = [passkey_cell(pretrain, fixed[f"yarn{s}"], pk_lengths, p, evals, "pk_zs_yarn", log)]
 
-    # ---- 5. Fine-tunes (seed-major: a cut-short run has whole seeds) ----------------------------------
-    for seed in p["seeds"]:
-        for m in p["ft_methods"]:
-            rope, dyn = ft_ropes[m]
-            workdir = os.path.join(work, f"ft_{m}_seed{seed}")
-            source = files["finetune"]
-            if m == "yarn":  # stop at N/2.5 steps for C6, evaluate, then resume to N (the same run)
-                if not finished(workdir, p["ft_mid"]) and not finished(workdir, p["ft_steps"]):
-                    train(finetune_args(p, workdir, pretrain, source, rope, seed, p["ft_mid"]), log, "fine-tune")
-                for corpus in corpus_names:
-                    rows = evaluate(["perplexity", "--checkpoint", workdir, "--data", f"jsonl:{files[corpus]}",
-                                     "--lengths", str(s * L), "--truncate"],
-                                    os.path.join(evals, f"ftmid_{corpus}_{m}_seed{seed}.json"), log, "C6")
-                    keep(f"ftmid/{corpus}/{m}", rows, {"": "none"})
-            if not finished(workdir, p["ft_steps"]):
-                train(finetune_args(p, workdir, pretrain, source, rope, seed, p["ft_steps"]), log, "fine-tune")
-            for corpus in corpus_names:
-                data = f"jsonl:{files[corpus]}"
-                rows = evaluate(["perplexity", "--checkpoint", workdir, "--data", data, "--lengths",
-                                 ",".join(map(str, lengths)), "--truncate"],
-                                os.path.join(evals, f"ft_{corpus}_{m}_seed{seed}.json"), log, "fine-tuned eval")
-                keep(f"ft/{corpus}/{m}", rows, {"fixed": "none"})
-                rows = evaluate(["perplexity", "--checkpoint", workdir, "--data", data, "--lengths",
-                                 ",".join(str(n) for n in lengths if n > s * L), "--truncate", "--rope", dyn],
-                                os.path.join(evals, f"ftdyn_{corpus}_{m}_seed{seed}.json"), log, "fine-tuned eval")
-                keep(f"ft/{corpus}/{m}", rows, {"dynamic": dyn})
-            curves[m]["seeds"][seed] = report.read_curve(os.path.join(workdir, "metrics.jsonl"), f"eval/loss@{s * L}")
-            passkey_cells.setdefault(f"ft_{m}", []).append(
-                passkey_cell(workdir, None, pk_lengths, p, evals, f"pk_ft_{m}_seed{seed}", log, seed == p["seeds"][0]))
-            progress(log, f"fine-tune {m} seed {seed}", p)
-
-    # cells with no key for the rope label (ftmid) are stored without the empty label
-    cells = {k.replace("//", "/"): v for k, v in cells.items()}
-    return {"mode": mode, "settings": settings, "manifest": manifest, "cells": cells, "curves": curves,
-            "passkey": passkey_cells, "corpora": corpus_names}
+def _fine_tune(p: dict, m: str, seed: int, work: str, pretrain: str, files: dict, corpus_names: list[str],
+               lengths: list[int], evals: str, log: Log, cells: dict) -> str:
+    """One fine-tune (method ``m``, ``seed``), run or resumed, then evaluated under its own rope and,
+    past s*L, its matched dynamic variant; YaRN's also at N/2.5 steps (C6). Returns its workdir."""
+    L, s = p["L"], p["scale"]
+    rope, dyn = finetune_ropes(p)[m]
+    workdir = os.path.join(work, f"ft_{m}_seed{seed}")
+    source = files["finetune"]
+    if m == "yarn":  # stop at N/2.5 steps for C6, evaluate, then resume to N (the same run)
+        if not finished(workdir, p["ft_mid"]) and not finished(workdir, p["ft_steps"]):
+            train(finetune_args(p, workdir, pretrain, source, rope, seed, p["ft_mid"]), log, "fine-tune")
+        for corpus in corpus_names:
+            rows = evaluate(["perplexity", "--checkpoint", workdir, "--data", f"jsonl:{files[corpus]}",
+                             "--lengths", str(s * L), "--truncate"],
+                            os.path.join(evals, f"ftmid_{corpus}_{m}_seed{seed}.json"), log, "C6")
+            _keep(cells, f"ftmid/{corpus}/{m}", rows, {"": "none"})
+    if not finished(workdir, p["ft_steps"]):
+        train(finetune_args(p, workdir, pretrain, source, rope, seed, p["ft_steps"]), log, "fine-tune")
+    for corpus in corpus_names:
+        data = f"jsonl:{files[corpus]}"
+        rows = evaluate(["perplexity", "--checkpoint", workdir, "--data", data, "--lengths",
+                         ",".join(map(str, lengths)), "--truncate"],
+                        os.path.join(evals, f"ft_{corpus}_{m}_seed{seed}.json"), log, "fine-tuned eval")
+        _keep(cells, f"ft/{corpus}/{m}", rows, {"fixed": "none"})
+        rows = evaluate(["perplexity", "--checkpoint", workdir, "--data", data, "--lengths",
+                         ",".join(str(n) for n in lengths if n > s * L), "--truncate", "--rope", dyn],
+                        os.path.join(evals, f"ftdyn_{corpus}_{m}_seed{seed}.json"), log, "fine-tuned eval")
+        _keep(cells, f"ft/{corpus}/{m}", rows, {"dynamic": dyn})
+    return workdir
 
 
 def _minus(a: dict, b: dict) -> tuple[list, list]:
