@@ -319,4 +319,4 @@ def test_a_method_with_the_same_frequencies_at_a_length_reuses_that_row(tmp_path
     reused = rows[("dynamic_yarn:original_max_position_embeddings=32", 32)]
     assert reused["same_frequencies_as"] == "none" and reused["ppl"] == rows[("none", 32)]["ppl"]
     assert "same_frequencies_as" not in rows[("dynamic_yarn:original_max_position_embeddings=32", 64)]
-    assert "the same frequencies as none" in capsys.readouterr().out
+    assert "at this length its frequencies equal none's, so that row's scores are reused" in capsys.readouterr().out
