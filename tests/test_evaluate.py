@@ -2,16 +2,19 @@
 
 import json
 import math
-import os
 
+import hf_oracle
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
-import hf_oracle
 from yarn_jax import data as data_lib
-from yarn_jax import evaluate, hf
+from yarn_jax import eval_retention, evaluate, hf, ruler
 from yarn_jax import model as model_lib
+from yarn_jax import rope as rope_lib
 
 
 def _split(rng, lengths, vocab=101):
@@ -190,6 +193,70 @@ def test_cli_evaluates_several_ropes_and_writes_json_and_plot(tmp_path, byte_mod
                           "--trials", "3", "--depths", "3"]) == 0
     grid = capsys.readouterr().out.split("depth x length")[1]
     assert "| 0.00 |" in grid and "| 0.50 |" in grid and "| 1.00 |" in grid
+
+
+def test_ruler_runs_every_task_end_to_end(tmp_path, byte_model_dir, corpus, capsys):
+    out, png = tmp_path / "ruler.json", tmp_path / "ruler.png"
+    assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
+                          "--lengths", "2048", "--samples", "1", "--rope", "none",
+                          "--rope", "dynamic_yarn:original_max_position_embeddings=1024",
+                          "--json", str(out), "--plot", str(png)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert {r["task"] for r in rows} == set(ruler.TASKS) | {"average"} and len(rows) == 2 * 12
+    for row in rows:
+        assert {"task", "rope", "length", "score", "samples", "ci95"} <= set(row)
+        assert 0 <= row["ci95"][0] <= row["score"] <= row["ci95"][1] <= 100
+    assert set(report["effective_length"]) == {"none", "dynamic_yarn:original_max_position_embeddings=1024"}
+    assert report["threshold"] == 85.6 and png.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "average over 11 tasks" in printed and "cannot ship" in printed
+    with pytest.raises(SystemExit):
+        evaluate.main(["ruler", "--hf", byte_model_dir, "--lengths", "2048", "--bogus"])
+    assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "2048",
+                          "--tasks", "niah_single_1,qa_1"]) == 2
+    assert "--tasks 'niah_single_1,qa_1': unknown qa_1" in capsys.readouterr().err
+
+
+def test_retention_is_zero_for_dynamic_methods_inside_the_original_length(tmp_path, byte_model_dir, corpus):
+    out = tmp_path / "retention.json"
+    assert evaluate.main(["retention", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
+                          "--lengths", "64,256", "--samples", "3", "--rope", "none",
+                          "--rope", "dynamic_yarn:original_max_position_embeddings=256",
+                          "--rope", "dynamic:factor=2,original_max_position_embeddings=256",
+                          "--rope", "yarn:factor=4,original_max_position_embeddings=256",
+                          "--json", str(out), "--plot", str(tmp_path / "retention.png")]) == 0
+    rows = {(r["rope"].split(":")[0], r["length"]): r for r in json.loads(out.read_text())["results"]}
+    for length in (64, 256):
+        assert rows["none", length]["kl"] == 0.0
+        assert rows["dynamic_yarn", length]["kl"] == 0.0 and rows["dynamic", length]["kl"] == 0.0
+        assert rows["dynamic_yarn", length]["ppl"] == rows["none", length]["ppl"]
+        assert rows["yarn", length]["kl"] > 0 and rows["yarn", length]["ppl"] != rows["none", length]["ppl"]
+
+
+def test_retention_kl_matches_a_direct_computation():
+    """The chunked KL against log-softmax of the full logits, on a tiny model."""
+    config = model_lib.ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2,
+                                   attention="xla", initializer_range=0.5)  # large weights: KL well above rounding
+    model = model_lib.Decoder(config, rngs=nnx.Rngs(0))
+    ids = jnp.asarray(np.random.default_rng(3).integers(0, 61, (2, 40)))
+    base = tuple(jnp.broadcast_to(x, (2,) + jnp.shape(x)) for x in rope_lib.inv_freq(config.rope))
+    spec = rope_lib.parse("yarn:factor=4,original_max_position_embeddings=16", rotary_dim=16, theta=1e4)
+    other = tuple(jnp.broadcast_to(x, (2,) + jnp.shape(x)) for x in rope_lib.inv_freq(spec))
+    losses, kl = eval_retention.token_losses_and_kl(model, ids, ids, base, other, chunk=16)
+    log_base = jax.nn.log_softmax(model._logits(model.hidden_states(ids, frequencies=base)), axis=-1)
+    log_p = jax.nn.log_softmax(model._logits(model.hidden_states(ids, frequencies=other)), axis=-1)
+    expected = jnp.sum(jnp.exp(log_base) * (log_base - log_p), -1)
+    assert float(expected[:, 20:].mean()) > 1e-3
+    np.testing.assert_allclose(kl, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(losses, -jnp.take_along_axis(log_p, ids[..., None], -1)[..., 0], rtol=1e-5)
+
+
+def test_tasks_are_one_registry():
+    """The command line's tasks are the registry's: each eval_*.py module adds its own."""
+    assert {"perplexity", "passkey", "ruler", "retention"} <= set(evaluate._tasks())
+    choices = evaluate.build_parser()._subparsers._group_actions[0].choices
+    assert set(choices) == set(evaluate.TASKS)
 
 
 @pytest.mark.parametrize("extra, message", [

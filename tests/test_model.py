@@ -222,6 +222,21 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
                                   model_lib.generate(model, prompt, 12))
 
 
+def test_generation_stops_at_eos_per_row():
+    """With eos_id each row is the greedy run up to and including its first EOS, then EOS; the
+    loop ends when every row is done (a row whose EOS never comes runs to the budget)."""
+    model = _tiny("default", initializer_range=0.3)
+    prompt = jnp.asarray(np.random.default_rng(9).integers(0, 61, (3, 6)))
+    full = np.asarray(model_lib.generate(model, prompt, 16))
+    eos = int(full[0, 3])
+    stopped = np.asarray(model_lib.generate(model, prompt, 16, eos_id=eos))
+    for row, out in zip(full, stopped):
+        hits = np.flatnonzero(row == eos)
+        end = hits[0] + 1 if len(hits) else len(row)
+        np.testing.assert_array_equal(out[:end], row[:end])
+        assert (out[end:] == eos).all()
+
+
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_changes_memory_not_gradients(remat):
     ids = jnp.asarray(np.random.default_rng(8).integers(0, 61, (2, 24)))

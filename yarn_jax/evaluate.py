@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -507,20 +508,16 @@ def _parse_lengths(text: str) -> list[int]:
 
 
 def _check_args(args) -> list[int]:
-    """Every argument a user can get wrong, checked before anything is loaded."""
+    """The arguments every task shares, checked before anything is loaded (a task checks its own in
+    its ``prepare``)."""
     lengths = _parse_lengths(args.lengths)
     for name in ("samples", "trials", "depths", "batch_size", "min_doc_tokens", "prefill_chunk"):
-        value = getattr(args, name)
-        if value is None:  # an optional flag left out
+        value = getattr(args, name, None)
+        if value is None:  # an optional flag left out, or one this task does not have
             continue
         minimum = 1 if name == "trials" else 0
         if value < minimum:
             raise EvalError(f"--{name.replace('_', '-')} {value}: must be an integer >= {minimum}")
-    if args.stride is None:
-        args.stride = min(256, lengths[0] - 1)
-    if args.task == "perplexity" and not args.truncate and not 1 <= args.stride <= lengths[0] - 1:
-        raise EvalError(f"--stride {args.stride}: must be between 1 and the shortest length - 1 = {lengths[0] - 1} "
-                        "(a window holds BOS plus length - 1 text tokens; a longer stride would skip tokens)")
     if bool(args.checkpoint) == bool(args.hf):
         raise EvalError("give exactly one of --checkpoint PATH (a transformers directory, GGUF file, yarn_jax model "
                         "directory or training workdir) and --hf DIR (the same, kept for transformers directories)")
@@ -549,18 +546,19 @@ def _check_kernels(args, lengths: list[int], config: model_lib.ModelConfig, dtyp
 def check_memory(config: model_lib.ModelConfig, lengths: list[int], windows: dict, batch_size: int, task: str,
                  available: int | None = None) -> dict[int, int]:
     """Rows per forward pass for each length, within the machine's available memory: an explicit
-    --batch-size must fit; the automatic one shrinks until it does. Refuses, before any weights are
-    loaded, a length that does not fit even one row at a time, naming what to change."""
+    --batch-size must fit; a batched task's automatic one shrinks until it does. Refuses, before any
+    weights are loaded, a length that does not fit even one row at a time, naming what to change.
+    ``windows``: the forward-pass rows each length has; ``task``: a name in TASKS (its ``memory``)."""
+    spec = _tasks()[task]
     available = available_memory() if available is None else available
     budget = None if available is None else int(0.85 * available)
     rows = {}
     for length in lengths:
-        width = length + ANSWER_SLOTS if task == "passkey" else length
-        want = 1 if task == "passkey" else batch_rows(windows[length], length, batch_size)
-        need = passkey_memory_estimate(config, width) if task == "passkey" else memory_estimate(config, want, width)
+        want = batch_rows(windows[length], length, batch_size) if spec.batched else 1
+        need = spec.memory(config, want, length)
         while budget is not None and need > budget and want > 1 and not batch_size:
             want = max(1, want // 2)
-            need = memory_estimate(config, want, width)
+            need = spec.memory(config, want, length)
         if budget is not None and need > budget:
             gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
             hints = []
@@ -572,7 +570,7 @@ def check_memory(config: model_lib.ModelConfig, lengths: list[int], windows: dic
             if config.dtype == "float32":
                 hints.append("--dtype bfloat16")
             hints.append("shorter --lengths")
-            raise EvalError(f"--lengths {length}: needs about {gib(need)} ({want} row(s) of {width} tokens, "
+            raise EvalError(f"--lengths {length}: needs about {gib(need)} ({want} row(s) of {length} tokens, "
                             f"attention {config.attention}, {config.dtype}); this machine has {gib(available)} "
                             f"available. Try {', or '.join(hints)}")
         rows[length] = want
@@ -585,10 +583,66 @@ def default_split(source: str) -> str | None:
     return None if source.split(":", 1)[0] in ("text", "jsonl") else "validation"
 
 
+# ------------------------------------------------------------------------------------------------
+# Tasks: one record per evaluation; the command line, memory check, JSON, tables and plot derive
+# from it. A new task is one new file ``yarn_jax/eval_<name>.py`` that calls ``register``.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One evaluation of ``python -m yarn_jax.evaluate TASK``.
+
+    - ``add_arguments(parser)``: the task's own flags (the shared ones: model, lengths, rope, dtype,
+      kernels, outputs, are every task's).
+    - ``prepare(args, tokenizer, lengths)``: checks the task's arguments and builds what it scores
+      (documents, prompts) before any weights load; returns it as ``inputs``.
+    - ``windows(inputs, length, args)``: forward-pass rows a length has (what ``batched`` tasks split
+      into batches); ``memory(config, rows, length)``: bytes for that many rows, erring high.
+    - ``rows(args, model, variants, inputs, lengths, batch_rows)``: the result rows, each with
+      ``rope`` and ``length``.
+    - ``report(args, results, variants, inputs)``: prints the tables; returns run-level JSON fields.
+    - ``plot(args, results, path)``: draws the rows.
+    """
+    name: str
+    help: str
+    add_arguments: Callable
+    prepare: Callable
+    windows: Callable
+    memory: Callable
+    rows: Callable
+    report: Callable
+    plot: Callable
+    batched: bool = False
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+def _tasks() -> dict[str, Task]:
+    """Every task: this module's and those of each ``yarn_jax/eval_*.py`` (imported here, so a task's
+    module is found without being listed anywhere)."""
+    import importlib
+    import pkgutil
+
+    import yarn_jax
+
+    for info in pkgutil.iter_modules(yarn_jax.__path__):
+        if info.name.startswith("eval_"):
+            importlib.import_module(f"yarn_jax.{info.name}")
+    return TASKS
+
+
 def run(args) -> dict:
-    """The evaluate command: everything that can be checked (arguments, rope specs, tokenizer,
-    documents, kernels, memory) is checked before any weights load; then one row per rope variant
-    and length, a table, and the JSON and plot asked for."""
+    """The evaluate command: everything that can be checked (arguments, rope specs, tokenizer, the
+    task's inputs, kernels, memory) is checked before any weights load; then the task's rows, its
+    tables, and the JSON and plot asked for."""
+    task = _tasks()[args.task]
     lengths = _check_args(args)
     path = args.checkpoint or args.hf
     kind = checkpoint_lib.path_kind(path)
@@ -598,56 +652,24 @@ def run(args) -> dict:
     if tokenizer.vocab_size > own_config.vocab_size:
         raise EvalError(f"--tokenizer {tokenizer.spec}: vocabulary {tokenizer.vocab_size} exceeds the model's "
                         f"{own_config.vocab_size}")
-    documents = _documents(args, tokenizer, lengths) if args.task == "perplexity" else None
+    inputs = task.prepare(args, tokenizer, lengths)
     runtime = _runtime(args, lengths, own_config)
     config = model_lib.configure(own_config, **runtime)
-    windows = {}
-    for length in lengths:
-        windows[length] = (sum(len(sliding_windows(int(documents.split.lengths()[d]), length, args.stride,
-                                                   args.truncate)) for d in documents.ids)
-                           if args.task == "perplexity" else 1)
-    batch_rows = check_memory(config, lengths, windows, args.batch_size, args.task)
+    windows = {length: task.windows(inputs, length, args) for length in lengths}
+    batch_rows = check_memory(config, lengths, windows, getattr(args, "batch_size", 0) or 0, args.task)
     model, config, _ = checkpoint_lib.load(path, **runtime)
-    if args.task == "perplexity":
-        results = _perplexity_rows(args, model, variants, documents, lengths, batch_rows)
-        metric = "ppl"
-        header = (f"sliding-window perplexity ({'truncate: one window per document' if args.truncate else f'stride {args.stride}'}; "
-                  f"{args.mean}-weighted mean; {len(documents.ids)} documents of >= {documents.min_tokens} tokens, "
-                  f"{'all documents' if documents.split_name is None else 'split ' + documents.split_name})")
-    else:
-        results = _passkey_rows(args, model, variants, tokenizer, lengths)
-        metric = "accuracy"
-        header = f"passkey retrieval, {args.trials} trials per cell (generation accuracy; digit accuracy in the JSON)"
-    _print_tables(args, results, variants, header, metric)
+    results = task.rows(args, model, variants, inputs, lengths, batch_rows)
+    extra = task.report(args, results, variants, inputs)
     output = {"task": args.task, "model": path, "tokenizer": tokenizer.spec, "dtype": config.dtype,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "results": results}
+              "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, **extra, "results": results}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(output, f, indent=2)
     if args.plot:
-        plot(results, args.task, args.plot)
+        task.plot(args, results, args.plot)
         print(f"plot: {args.plot}")
     return output
-
-
-@dataclasses.dataclass(frozen=True)
-class _Documents:
-    """The documents a perplexity run scores: ``ids`` of ``split`` with at least ``min_tokens``."""
-    split: data_lib.TokenSplit
-    split_name: str | None
-    ids: np.ndarray
-    min_tokens: int
-
-
-def _documents(args, tokenizer, lengths: list[int]) -> _Documents:
-    split_name = args.split if args.split is not None else default_split(args.data)
-    split = data_lib.load_split(args.data, tokenizer, split_name)
-    min_tokens = args.min_doc_tokens or lengths[-1]
-    doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
-    print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
-          f">= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
-    return _Documents(split, split_name, doc_ids, min_tokens)
 
 
 def _runtime(args, lengths: list[int], own_config) -> dict:
@@ -660,13 +682,70 @@ def _runtime(args, lengths: list[int], own_config) -> dict:
         print(f"dtype auto: {dtype} ({why})", flush=True)
     runtime.update(dtype=dtype, param_dtype=dtype)
     _check_kernels(args, lengths, own_config, dtype)
-    if args.prefill_chunk is not None:
+    if getattr(args, "prefill_chunk", None) is not None:
         runtime.update(prefill_chunk=args.prefill_chunk)
     return runtime
 
 
-def _perplexity_rows(args, model, variants, documents: _Documents, lengths: list[int], batch_rows: dict) -> list[dict]:
-    split, doc_ids = documents.split, documents.ids
+# ---- perplexity -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Documents:
+    """The documents a perplexity run scores: ``ids`` of ``split`` with at least ``min_tokens``."""
+    split: data_lib.TokenSplit
+    split_name: str | None
+    ids: np.ndarray
+    min_tokens: int
+
+
+def add_document_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a task that scores documents (perplexity, retention)."""
+    parser.add_argument("--data", default="stdlib", help="SOURCE of the documents (default stdlib)")
+    parser.add_argument("--split", choices=data_lib.SPLITS,
+                        help="default: every document of a text:/jsonl: source, else validation")
+    parser.add_argument("--samples", type=int, default=0, help="documents to score (0: every long-enough one)")
+    parser.add_argument("--sample-seed", type=int, help="draw --samples documents at random by this seed "
+                                                        "(default: the first ones)")
+    parser.add_argument("--min-doc-tokens", type=int, default=0, help="default: the largest length")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="windows per forward pass (default 0: automatic, within the machine's memory)")
+
+
+def _perplexity_arguments(parser: argparse.ArgumentParser) -> None:
+    add_document_arguments(parser)
+    parser.add_argument("--stride", type=int, help="default: 256, or the shortest length - 1 if smaller")
+    parser.add_argument("--truncate", action="store_true", help="one window per document, cut to the length")
+    parser.add_argument("--mean", choices=("token", "window"), default="token")
+
+
+def documents(args, tokenizer, lengths: list[int]) -> _Documents:
+    """The documents of --data (--split) with at least --min-doc-tokens (default: the longest
+    length) tokens, --samples of them."""
+    split_name = args.split if args.split is not None else default_split(args.data)
+    split = data_lib.load_split(args.data, tokenizer, split_name)
+    min_tokens = args.min_doc_tokens or lengths[-1]
+    doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
+    print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
+          f">= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
+    return _Documents(split, split_name, doc_ids, min_tokens)
+
+
+def _perplexity_prepare(args, tokenizer, lengths: list[int]) -> _Documents:
+    if args.stride is None:
+        args.stride = min(256, lengths[0] - 1)
+    if not args.truncate and not 1 <= args.stride <= lengths[0] - 1:
+        raise EvalError(f"--stride {args.stride}: must be between 1 and the shortest length - 1 = {lengths[0] - 1} "
+                        "(a window holds BOS plus length - 1 text tokens; a longer stride would skip tokens)")
+    return documents(args, tokenizer, lengths)
+
+
+def _perplexity_windows(docs: _Documents, length: int, args) -> int:
+    return sum(len(sliding_windows(int(docs.split.lengths()[d]), length, args.stride, args.truncate)) for d in docs.ids)
+
+
+def _perplexity_rows(args, model, variants, docs: _Documents, lengths: list[int], batch_rows: dict) -> list[dict]:
+    split, doc_ids = docs.split, docs.ids
     results = []
     longest_fits = all(split.lengths()[d] >= lengths[-1] - 1 for d in doc_ids)
     # With one full window per document, a (method, length) whose frequencies and scaling at that
@@ -713,7 +792,32 @@ def _perplexity_rows(args, model, variants, documents: _Documents, lengths: list
     return results
 
 
-def _passkey_rows(args, model, variants, tokenizer, lengths: list[int]) -> list[dict]:
+def _perplexity_report(args, results: list[dict], variants, docs: _Documents) -> dict:
+    protocol = "truncate: one window per document" if args.truncate else f"stride {args.stride}"
+    print(f"\nsliding-window perplexity ({protocol}; {args.mean}-weighted mean; {len(docs.ids)} documents of >= "
+          f"{docs.min_tokens} tokens, {'all documents' if docs.split_name is None else 'split ' + docs.split_name})\n")
+    print(markdown_table(results, "ppl"))
+    return {}
+
+
+# ---- passkey ----------------------------------------------------------------------------------
+
+
+def _passkey_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trials", type=int, default=10, help="passkey trials per length")
+    parser.add_argument("--depths", type=int, default=0, help="evenly spaced depths (0: random)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_prefill_argument(parser)
+
+
+def add_prefill_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefill-chunk", type=int,
+                        help="prompts longer than this are prefilled this many tokens at a time, so memory is the "
+                             "KV cache plus one chunk's activations (default 4096; 0: one pass; needs flash_cpu's "
+                             "AVX-512 build, else one pass)")
+
+
+def _passkey_rows(args, model, variants, tokenizer, lengths: list[int], _batch_rows) -> list[dict]:
     depths = [float(d) for d in np.linspace(0, 1, args.depths)] if args.depths else None
     results = []
     for label, spec in variants:
@@ -727,58 +831,69 @@ def _passkey_rows(args, model, variants, tokenizer, lengths: list[int]) -> list[
     return results
 
 
-def _print_tables(args, results: list[dict], variants, header: str, metric: str) -> None:
-    print(f"\n{header}\n")
-    print(markdown_table(results, metric))
-    if args.task == "passkey" and "digit_accuracy" in results[0]:
+def _passkey_report(args, results: list[dict], variants, _inputs) -> dict:
+    print(f"\npasskey retrieval, {args.trials} trials per cell (generation accuracy; digit accuracy in the JSON)\n")
+    print(markdown_table(results, "accuracy"))
+    if "digit_accuracy" in results[0]:
         print("\ndigit accuracy (correct digit ranked first among the ten; chance 10%)\n")
         print(markdown_table(results, "digit_accuracy"))
-    if args.task == "passkey" and args.depths:
+    if args.depths:
         for label, _ in variants:
             print(f"\ndepth x length, generation accuracy, rope {label}\n")
             print(depth_grid(results, label))
+    return {}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m yarn_jax.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=("perplexity", "passkey"))
+def _passkey_prepare(args, tokenizer, lengths: list[int]):
+    """The tokenizer the prompts are built with; a length too short for the prompt is refused here."""
+    for length in lengths:
+        _repeats_for(tokenizer, length)
+    return tokenizer
+
+
+register(Task("perplexity", "sliding-window perplexity of documents", _perplexity_arguments, _perplexity_prepare,
+              _perplexity_windows, memory_estimate, _perplexity_rows, _perplexity_report,
+              lambda args, results, path: plot(results, "perplexity", path), batched=True))
+register(Task("passkey", "passkey retrieval (landmark-attention prompt)", _passkey_arguments, _passkey_prepare,
+              lambda inputs, length, args: 1,
+              lambda config, rows, length: passkey_memory_estimate(config, length + ANSWER_SLOTS),
+              _passkey_rows, _passkey_report, lambda args, results, path: plot(results, "passkey", path)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+
+def _shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="a transformers directory, GGUF file, yarn_jax model directory or "
                                              "training workdir")
     parser.add_argument("--hf", help="a transformers directory (same as --checkpoint)")
-    parser.add_argument("--data", default="stdlib", help="SOURCE (perplexity)")
-    parser.add_argument("--split", choices=data_lib.SPLITS,
-                        help="default: every document of a text:/jsonl: source, else validation")
     parser.add_argument("--tokenizer", help="tokenizer SPEC (default: the checkpoint's)")
     parser.add_argument("--lengths", required=True, help="comma-separated window / prompt lengths")
     parser.add_argument("--rope", action="append", help="rope SPEC to evaluate the weights under (repeatable; "
                                                         "'none' keeps the checkpoint's own)")
-    parser.add_argument("--stride", type=int, help="default: 256, or the shortest length - 1 if smaller")
-    parser.add_argument("--truncate", action="store_true", help="one window per document, cut to the length")
-    parser.add_argument("--samples", type=int, default=0, help="documents to score (0: every long-enough one)")
-    parser.add_argument("--sample-seed", type=int, help="draw --samples documents at random by this seed "
-                                                        "(default: the first ones)")
-    parser.add_argument("--min-doc-tokens", type=int, default=0, help="default: the largest length")
-    parser.add_argument("--mean", choices=("token", "window"), default="token")
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="windows per forward pass (default 0: automatic, within the machine's memory)")
     parser.add_argument("--dtype", choices=model_lib.DTYPES, default="auto",
                         help="compute and parameter dtype (default auto: bfloat16 on TPU, GPU and CPUs with AMX or "
                              "AVX512-BF16, float32 on other CPUs)")
     parser.add_argument("--matmul", choices=model_lib.MATMULS, default="auto",
                         help="CPU matrix products: XLA's dot or oneDNN (default auto: oneDNN for bfloat16 where this "
                              "CPU has it)")
-    parser.add_argument("--trials", type=int, default=10, help="passkey trials per length")
-    parser.add_argument("--depths", type=int, default=0, help="passkey: evenly spaced depths (0: random)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attention", choices=[i for i in attention_lib.IMPLEMENTATIONS],
                         help="attention kernel (default auto)")
-    parser.add_argument("--prefill-chunk", type=int,
-                        help="passkey: prompts longer than this are prefilled this many tokens at a time, so memory "
-                             "is the KV cache plus one chunk's activations (default 4096; 0: one pass; needs "
-                             "flash_cpu's AVX-512 build, else one pass)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m yarn_jax.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="task", required=True, metavar="TASK",
+                                     help=", ".join(f"{t.name} ({t.help})" for t in _tasks().values()))
+    for task in _tasks().values():
+        sub = commands.add_parser(task.name, help=task.help, description=task.help)
+        _shared_arguments(sub)
+        task.add_arguments(sub)
     return parser
 
 
@@ -788,4 +903,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the imported module, not as __main__: task modules register into yarn_jax.evaluate.TASKS.
+    from yarn_jax import evaluate as _canonical  # noqa: PLW0406 (the registry lives in the imported module)
+
+    sys.exit(_canonical.main())

@@ -724,7 +724,7 @@ def with_rope(model: Decoder, spec) -> Decoder:
 
 
 def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
-             seed: int = 0, prompt_length: int | None = None):
+             seed: int = 0, prompt_length: int | None = None, eos_id: int | None = None):
     """Greedy (temperature 0) or sampled continuation of prompts int [B, W]. Returns int32
     [B, max_new_tokens].
 
@@ -732,7 +732,9 @@ def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: fl
     padding): prompts of different lengths padded to one width W share one compiled program,
     (shapes, sampling mode). The prompt is prefilled in one causal pass through the model's
     attention kernel (``Decoder.prefill``) into a KV cache of W + max_new_tokens slots; then one
-    token per step in a ``lax.scan``.
+    token per step in a ``lax.scan``. With ``eos_id`` the steps stop once every row has generated
+    it (a ``lax.while_loop``; the rest of each row is ``eos_id``): a short answer costs a few
+    decoding steps, not ``max_new_tokens``.
     """
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
@@ -745,7 +747,8 @@ def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: fl
         raise ValueError(f"generate: prompt_length must be in [1, {width}]; got {prompt_length}")
     graphdef, state = nnx.split(model)
     return _generate(graphdef, state, prompt_ids, jnp.int32(prompt_length), jax.random.key(seed),
-                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k)
+                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
+                     eos_id=None if eos_id is None else int(eos_id))
 
 
 def _sample(logits, key, temperature, top_k):
@@ -758,13 +761,15 @@ def _sample(logits, key, temperature, top_k):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
-def _generate(graphdef, state, prompt_ids, prompt_length, key, *, max_new_tokens, temperature, top_k):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "eos_id"))
+def _generate(graphdef, state, prompt_ids, prompt_length, key, *, max_new_tokens, temperature, top_k, eos_id):
     model = nnx.merge(graphdef, state)
     cache = init_cache(model.config, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
     keys = jax.random.split(key, max_new_tokens)
     logits, cache = model.prefill(prompt_ids, cache, prompt_length)
     first = _sample(logits, keys[0], temperature, top_k)
+    if eos_id is not None:
+        return _decode_until(model, first, cache, keys, eos_id, temperature, top_k)
 
     def step(carry, step_key):
         token, cache = carry
@@ -774,3 +779,22 @@ def _generate(graphdef, state, prompt_ids, prompt_length, key, *, max_new_tokens
 
     _, rest = jax.lax.scan(step, (first, cache), keys[1:])
     return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def _decode_until(model: Decoder, first, cache: dict, keys, eos_id: int, temperature, top_k):
+    """Tokens [B, len(keys)] after ``first``, decoding until every row has produced ``eos_id``."""
+    b, budget = first.shape[0], keys.shape[0]
+    out = jnp.full((b, budget), eos_id, jnp.int32).at[:, 0].set(first)
+
+    def running(carry):
+        step, _, _, _, done = carry
+        return (step < budget) & ~done.all()
+
+    def step_fn(carry):
+        step, token, cache, out, done = carry
+        logits, cache = model.decode(token[:, None], cache)
+        nxt = jnp.where(done, eos_id, _sample(logits[:, -1], keys[step], temperature, top_k))
+        return step + 1, nxt, cache, out.at[:, step].set(nxt), done | (nxt == eos_id)
+
+    carry = (jnp.int32(1), first, cache, out, first == eos_id)
+    return jax.lax.while_loop(running, step_fn, carry)[3]

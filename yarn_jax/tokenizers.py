@@ -117,6 +117,8 @@ class HFTokenizer:
         self.bos_id = self.eos_id if self.bos_id is None else self.bos_id
         pad = self._special(config.get("pad_token"), ())
         self.pad_id = self.eos_id if pad is None else pad
+        template = config.get("chat_template")
+        self.chat_template = template if isinstance(template, str) else None
 
     def _special(self, configured, candidates):
         if isinstance(configured, dict):
@@ -135,6 +137,30 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])
+
+    def id_to_token(self, token_id: int) -> str:
+        return self._tok.id_to_token(int(token_id))
+
+
+def chat_prompt(tokenizer, text: str) -> str | None:
+    """``text`` as one user turn of the tokenizer's chat template, ready for the assistant's reply
+    (transformers' ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``), or
+    None when the tokenizer carries no template. Rendered with jinja2's sandbox, as transformers does."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    import jinja2.sandbox
+
+    def raise_exception(message):
+        raise UserError(f"tokenizer {tokenizer.spec}: its chat template refused the prompt: {message}")
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                      extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=[{"role": "user", "content": text}], add_generation_prompt=True,
+        bos_token=tokenizer.id_to_token(tokenizer.bos_id), eos_token=tokenizer.id_to_token(tokenizer.eos_id))
 
 
 def _gguf_tokenizer(path: str) -> HFTokenizer:
