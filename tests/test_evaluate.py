@@ -208,9 +208,17 @@ def test_ruler_runs_every_task_end_to_end(tmp_path, byte_model_dir, corpus, caps
         assert {"task", "rope", "length", "score", "samples", "ci95"} <= set(row)
         assert 0 <= row["ci95"][0] <= row["score"] <= row["ci95"][1] <= 100
     assert set(report["effective_length"]) == {"none", "dynamic_yarn:original_max_position_embeddings=1024"}
+    dynamic = [r for r in rows if r["rope"].startswith("dynamic_yarn")]  # past 1024: its own generations
+    assert not any("same_frequencies_as" in r for r in dynamic)
     assert report["threshold"] == 85.6 and png.stat().st_size > 0
     printed = capsys.readouterr().out
     assert "average over 11 tasks" in printed and "cannot ship" in printed
+    assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "2048",
+                          "--tasks", "niah_single_1,vt", "--samples", "1", "--rope", "none",
+                          "--rope", "dynamic_yarn:original_max_position_embeddings=2048", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["same_frequencies_as"] for r in rows if r["rope"] != "none"] == ["none"] * 3  # inside L: none's rows
+    assert "its rows are reused" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         evaluate.main(["ruler", "--hf", byte_model_dir, "--lengths", "2048", "--bogus"])
     assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "2048",

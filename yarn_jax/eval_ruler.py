@@ -129,32 +129,54 @@ def bootstrap_interval(scores: list[np.ndarray], seed: int = 0, resamples: int =
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def _frequencies_key(spec: rope_lib.RopeSpec, length: int) -> tuple:
+    """What a method's prompts at ``length`` depend on: its frequencies and scaling at the longest
+    sequence they reach. Equal keys mean equal generations at every step (a dynamic method equal to
+    a static one at ``length`` is equal to it at every shorter length too: its factor only grows)."""
+    return (length, *(np.asarray(x).tobytes() for x in rope_lib.inv_freq(spec, length)))
+
+
 def _rows(args, model, variants, inputs: dict, lengths: list[int], _batch_rows) -> list[dict]:
     tokenizer, prompts, names = inputs["tokenizer"], inputs["prompts"], inputs["tasks"]
-    results = []
+    results, done = [], {}
     for label, spec in variants:
         variant = model_lib.with_rope(model, spec)
         if variant.config.rope.is_length_dependent:  # as passkey: keys keep the frequencies they were written at
             variant = model_lib.with_config(variant, variant.config.replace(dynamic_cache="transformers"))
         for length in lengths:
-            scores = []
-            with Progress(len(names) * args.samples, f"ruler {label} @ {length}", "sample") as bar:
-                for name in names:
-                    details = []
-                    for sample in prompts[name, length]:
-                        text = _generate(variant, sample, length, tokenizer.eos_id, tokenizer.pad_id, tokenizer.decode)
-                        details.append({"index": sample.index, "answers": list(sample.answers), "prediction": text,
-                                        "score": ruler.sample_score(text, sample.answers)})
-                        bar.update(1)
-                    cell = np.asarray([d["score"] for d in details])
-                    scores.append(cell)
-                    results.append({"task": name, "rope": label, "spec": rope_lib.to_string(spec), "length": length,
-                                    "score": float(cell.mean()), "samples": len(cell),
-                                    "ci95": bootstrap_interval([cell], seed=args.seed), "details": details})
-            results.append({"task": "average", "rope": label, "spec": rope_lib.to_string(spec), "length": length,
-                            "score": float(np.mean([c.mean() for c in scores])), "samples": int(sum(map(len, scores))),
-                            "ci95": bootstrap_interval(scores, seed=args.seed)})
+            key = _frequencies_key(spec, length)
+            if key in done:  # e.g. dynamic_yarn inside the original length: the unscaled model's answers
+                earlier = done[key]
+                print(f"ruler {label} @ {length}: at this length its frequencies equal {earlier}'s, so its rows are "
+                      "reused (no second run)", flush=True)
+                results.extend(dict(r, rope=label, spec=rope_lib.to_string(spec), same_frequencies_as=earlier)
+                               for r in list(results) if r["rope"] == earlier and r["length"] == length)
+                continue
+            done[key] = label
+            results.extend(_length_rows(args, variant, label, spec, tokenizer, prompts, names, length))
     return results
+
+
+def _length_rows(args, variant, label: str, spec, tokenizer, prompts: dict, names: list[str], length: int):
+    """One method at one length: a row per task and the average over tasks."""
+    rows, scores = [], []
+    with Progress(len(names) * args.samples, f"ruler {label} @ {length}", "sample") as bar:
+        for name in names:
+            details = []
+            for sample in prompts[name, length]:
+                text = _generate(variant, sample, length, tokenizer.eos_id, tokenizer.pad_id, tokenizer.decode)
+                details.append({"index": sample.index, "answers": list(sample.answers), "prediction": text,
+                                "score": ruler.sample_score(text, sample.answers)})
+                bar.update(1)
+            cell = np.asarray([d["score"] for d in details])
+            scores.append(cell)
+            rows.append({"task": name, "rope": label, "spec": rope_lib.to_string(spec), "length": length,
+                         "score": float(cell.mean()), "samples": len(cell),
+                         "ci95": bootstrap_interval([cell], seed=args.seed), "details": details})
+    rows.append({"task": "average", "rope": label, "spec": rope_lib.to_string(spec), "length": length,
+                 "score": float(np.mean([c.mean() for c in scores])), "samples": int(sum(map(len, scores))),
+                 "ci95": bootstrap_interval(scores, seed=args.seed)})
+    return rows
 
 
 def effective_length(averages: dict[int, float], threshold: float) -> int | None:

@@ -1,5 +1,8 @@
-"""Long-context evaluation: sliding-window perplexity and passkey retrieval, across lengths and
-rope methods, for a training workdir, a yarn_jax model directory or a transformers directory.
+"""Long-context evaluation across lengths and rope methods, for a training workdir, a yarn_jax
+model directory, a GGUF file or a transformers directory. Each task is a ``Task`` record in
+``TASKS``: perplexity and passkey here, ``ruler`` (eval_ruler.py: RULER's synthetic tasks and
+effective length) and ``retention`` (eval_retention.py: perplexity and KL from the unscaled model
+inside the original length); a new task is one new ``yarn_jax/eval_<name>.py`` that registers itself.
 
     python -m yarn_jax.evaluate perplexity --checkpoint runs/tiny_stdlib --data stdlib \\
         --lengths 256,512,1024 --rope none --rope yarn:factor=4,original_max_position_embeddings=256 \\
