@@ -114,17 +114,11 @@ def _rows(args, model, variants, docs, lengths: list[int], batch_rows: dict) -> 
 
 
 def _report(args, results: list[dict], variants, docs) -> dict:
-    original = sorted({r["length"] for r in results})
     print(f"\nretention: {len(docs.ids)} documents, one window each (BOS + the first length - 1 tokens)\n")
     print("perplexity\n")
     print(markdown_table(results, "ppl"))
     print("\nmean KL(p_none || p_method) per token, nats\n")
-    lines = ["| rope | " + " | ".join(map(str, original)) + " |", "|---" + "|---:" * len(original) + "|"]
-    for label in dict.fromkeys(r["rope"] for r in results):
-        cells = [next((f"{r['kl']:.2e}" for r in results if r["rope"] == label and r["length"] == n), "-")
-                 for n in original]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    print("\n".join(lines))
+    print(markdown_table(results, "kl", cell=lambda r: f"{r['kl']:.2e}"))
     return {}
 
 

@@ -31,6 +31,7 @@ from yarn_jax.evaluate import (
     EvalError,
     Task,
     add_prefill_argument,
+    markdown_table,
     passkey_memory_estimate,
     register,
 )
@@ -202,16 +203,8 @@ def _effective_lengths(results: list[dict], threshold: float) -> tuple[dict, dic
 
 def table(results: list[dict], task: str) -> str:
     """Rope x length scores of one task (or ``average``), each with its 95 % interval."""
-    lengths = sorted({r["length"] for r in results})
-    ropes = list(dict.fromkeys(r["rope"] for r in results))
-    lines = ["| rope | " + " | ".join(str(n) for n in lengths) + " |", "|---" + "|---:" * len(lengths) + "|"]
-    for label in ropes:
-        cells = []
-        for n in lengths:
-            r = next((r for r in results if r["rope"] == label and r["length"] == n and r["task"] == task), None)
-            cells.append("-" if r is None else f"{r['score']:.1f} [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table([r for r in results if r["task"] == task], "score",
+                          cell=lambda r: f"{r['score']:.1f} [{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}]")
 
 
 def _report(args, results: list[dict], variants, inputs: dict) -> dict:

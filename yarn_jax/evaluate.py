@@ -436,7 +436,10 @@ def passkey(model, tokenizer, length: int, *, trials: int = 10, seed: int = 0, d
 # ------------------------------------------------------------------------------------------------
 
 
-def markdown_table(results: list[dict], metric: str) -> str:
+def markdown_table(results: list[dict], metric: str, cell=None) -> str:
+    """Rope (rows) x length (columns) table of one metric; ``cell(row)`` formats a present value
+    (default: perplexity to 3 decimals, accuracies as percentages)."""
+    cell = cell or (lambda r: f"{r[metric]:.3f}" if metric == "ppl" else f"{100 * r[metric]:.0f}%")
     lengths = sorted({r["length"] for r in results})
     ropes = list(dict.fromkeys(r["rope"] for r in results))
     lines = ["| rope | " + " | ".join(str(n) for n in lengths) + " |", "|---" + "|---:" * len(lengths) + "|"]
@@ -444,8 +447,7 @@ def markdown_table(results: list[dict], metric: str) -> str:
         cells = []
         for n in lengths:
             r = next((r for r in results if r["rope"] == label and r["length"] == n), None)
-            value = None if r is None else r.get(metric)
-            cells.append("-" if value is None else (f"{value:.3f}" if metric == "ppl" else f"{100 * value:.0f}%"))
+            cells.append("-" if r is None or r.get(metric) is None else cell(r))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
