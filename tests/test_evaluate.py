@@ -199,16 +199,18 @@ def test_ruler_runs_every_task_end_to_end(tmp_path, byte_model_dir, corpus, caps
     out, png = tmp_path / "ruler.json", tmp_path / "ruler.png"
     assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
                           "--lengths", "2048", "--samples", "1", "--rope", "none",
+                          "--rope", "yarn:factor=2,original_max_position_embeddings=1024",
                           "--rope", "dynamic_yarn:original_max_position_embeddings=1024",
                           "--json", str(out), "--plot", str(png)]) == 0
     report = json.loads(out.read_text())
     rows = report["results"]
-    assert {r["task"] for r in rows} == set(ruler.TASKS) | {"average"} and len(rows) == 2 * 12
+    assert {r["task"] for r in rows} == set(ruler.TASKS) | {"average"} and len(rows) == 3 * 12
     for row in rows:
         assert {"task", "rope", "length", "score", "samples", "ci95"} <= set(row)
         assert 0 <= row["ci95"][0] <= row["score"] <= row["ci95"][1] <= 100
-    assert set(report["effective_length"]) == {"none", "dynamic_yarn:original_max_position_embeddings=1024"}
-    dynamic = [r for r in rows if r["rope"].startswith("dynamic_yarn")]  # past 1024: its own generations
+    assert len(report["effective_length"]) == 3 and "none" in report["effective_length"]
+    # at 2L, dynamic_yarn reaches yarn s=2's factor only at the last step: its own generations
+    dynamic = [r for r in rows if r["rope"].startswith("dynamic_yarn")]
     assert not any("same_frequencies_as" in r for r in dynamic)
     assert report["threshold"] == 85.6 and png.stat().st_size > 0
     printed = capsys.readouterr().out
@@ -224,6 +226,12 @@ def test_ruler_runs_every_task_end_to_end(tmp_path, byte_model_dir, corpus, caps
     assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "2048",
                           "--tasks", "niah_single_1,qa_1"]) == 2
     assert "--tasks 'niah_single_1,qa_1': unknown qa_1" in capsys.readouterr().err
+    assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "2048",
+                          "--tasks", "vt,niah_single_2"]) == 2
+    assert "niah_single_2 read an essay haystack: give --data SOURCE" in capsys.readouterr().err
+    assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--lengths", "2048",
+                          "--rope", "none", "--rope", "none"]) == 2
+    assert "--rope 'none': given twice" in capsys.readouterr().err
 
 
 def test_retention_is_zero_for_dynamic_methods_inside_the_original_length(tmp_path, byte_model_dir, corpus):
@@ -260,11 +268,32 @@ def test_retention_kl_matches_a_direct_computation():
     np.testing.assert_allclose(losses, -jnp.take_along_axis(log_p, ids[..., None], -1)[..., 0], rtol=1e-5)
 
 
-def test_tasks_are_one_registry():
-    """The command line's tasks are the registry's: each eval_*.py module adds its own."""
-    assert {"perplexity", "passkey", "ruler", "retention"} <= set(evaluate._tasks())
-    choices = evaluate.build_parser()._subparsers._group_actions[0].choices
-    assert set(choices) == set(evaluate.TASKS)
+def test_a_new_task_is_one_new_file(tmp_path, monkeypatch, capsys):
+    """A module yarn_jax/eval_<name>.py that registers a Task is a command, with no other file touched."""
+    import yarn_jax
+
+    (tmp_path / "eval_echo.py").write_text(
+        "from yarn_jax import evaluate\n"
+        "def add(parser):\n    parser.add_argument('--word', default='hi')\n"
+        "evaluate.register(evaluate.Task('echo', 'prints a word', add, lambda args, tok, lengths: args.word,\n"
+        "    lambda inputs, length, args: 1, lambda config, rows, length: 0,\n"
+        "    lambda args, model, variants, inputs, lengths, rows: [{'rope': v[0], 'length': n, 'word': inputs}\n"
+        "                                                         for v in variants for n in lengths],\n"
+        "    lambda args, results, variants, inputs: print('echo', len(results)) or {'said': inputs},\n"
+        "    lambda args, results, path: None))\n")
+    monkeypatch.setattr(yarn_jax, "__path__", [*yarn_jax.__path__, str(tmp_path)])
+    monkeypatch.setattr(evaluate, "TASKS", dict(evaluate.TASKS))
+    assert {"perplexity", "passkey", "ruler", "retention", "echo"} <= set(evaluate._tasks())
+    config = model_lib.ModelConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2)
+    model_dir = tmp_path / "model"
+    from yarn_jax import checkpoint
+
+    checkpoint.save_model(model_lib.Decoder(config, rngs=nnx.Rngs(0)), str(model_dir))
+    out = tmp_path / "echo.json"
+    assert evaluate.main(["echo", "--checkpoint", str(model_dir), "--tokenizer", "byte", "--lengths", "8,16",
+                          "--word", "yo", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["said"] == "yo" and len(report["results"]) == 2 and "echo 2" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [

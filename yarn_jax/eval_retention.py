@@ -27,7 +27,6 @@ from yarn_jax import rope as rope_lib
 from yarn_jax.evaluate import (
     LOSS_CHUNK,
     Task,
-    Window,
     _window_batch,
     add_document_arguments,
     documents,
@@ -35,6 +34,7 @@ from yarn_jax.evaluate import (
     memory_estimate,
     register,
     rope_free,
+    sliding_windows,
     window_frequencies,
 )
 from yarn_jax.progress import Progress
@@ -79,7 +79,7 @@ def retention(model, base_spec: rope_lib.RopeSpec, spec: rope_lib.RopeSpec, spli
     """Perplexity and mean KL(p_base || p_spec) over one window of ``length`` per document."""
     graphdef, state = nnx.split(rope_free(model))
     fn = _losses_and_kl_fn(graphdef)
-    windows = [Window(i, 0, length - 1, length - 1) for i in range(len(doc_ids))]
+    windows = [sliding_windows(int(split.lengths()[d]), length, 1, True, document=i)[0] for i, d in enumerate(doc_ids)]
     nll = kl = 0.0
     count = 0
     for start in range(0, len(windows), rows):

@@ -45,9 +45,9 @@ BOOTSTRAP_RESAMPLES = 2000
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default="all", help=f"all, or a comma-separated list of {', '.join(ruler.TASKS)}")
     parser.add_argument("--samples", type=int, default=10, help="prompts per task and length (RULER's default: 500)")
-    parser.add_argument("--data", default="stdlib",
-                        help="SOURCE of the essay haystack (niah_single_2/3, niah_multikey_1, niah_multivalue, "
-                             "niah_multiquery); RULER's Paul Graham essays cannot ship")
+    parser.add_argument("--data", help="SOURCE of English prose for the essay haystack (niah_single_2/3, "
+                                         "niah_multikey_1, niah_multivalue, niah_multiquery), e.g. text:DIR; "
+                                         "RULER's Paul Graham essays cannot ship")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help="effective length: the average a length must exceed (default 85.6)")
@@ -57,7 +57,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_tasks(text: str) -> list[str]:
-    names = list(ruler.TASKS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    names = list(ruler.TASKS) if text.strip() == "all" else list(dict.fromkeys(t.strip() for t in text.split(",")
+                                                                                  if t.strip()))
     unknown = [t for t in names if t not in ruler.TASKS]
     if unknown or not names:
         raise EvalError(f"--tasks {text!r}: unknown {', '.join(unknown) or 'empty'}; expected all or a "
@@ -88,7 +89,12 @@ def _prepare(args, tokenizer, lengths: list[int]) -> dict:
         chat = functools.partial(tokenizers_lib.chat_prompt, tokenizer)
     print(f"prompts: {'the tokenizer chat template' if chat else 'plain text (no chat template)'}", flush=True)
     text = None
-    if any(ruler.TASKS[n].needs_text for n in names):
+    essays = [n for n in names if ruler.TASKS[n].needs_text]
+    if essays and not args.data:
+        others = [n for n in ruler.TASKS if not ruler.TASKS[n].needs_text]
+        raise EvalError(f"--tasks: {', '.join(essays)} read an essay haystack: give --data SOURCE of English prose "
+                        f"(e.g. text:DIR; RULER's essays cannot ship), or --tasks from {', '.join(others)}")
+    if essays:
         text = haystack_text(args.data, 2 * lengths[-1])
         print(f"essay haystack: {args.data} ({len(text.split()):,} words; RULER uses Paul Graham's essays, "
               "which cannot ship)", flush=True)
@@ -130,11 +136,14 @@ def bootstrap_interval(scores: list[np.ndarray], seed: int = 0, resamples: int =
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def _frequencies_key(spec: rope_lib.RopeSpec, length: int) -> tuple:
-    """What a method's prompts at ``length`` depend on: its frequencies and scaling at the longest
-    sequence they reach. Equal keys mean equal generations at every step (a dynamic method equal to
-    a static one at ``length`` is equal to it at every shorter length too: its factor only grows)."""
-    return (length, *(np.asarray(x).tobytes() for x in rope_lib.inv_freq(spec, length)))
+def _frequencies_key(spec: rope_lib.RopeSpec, shortest: int, length: int) -> tuple:
+    """What a method's generations at ``length`` depend on: its frequencies and scaling at every
+    sequence length they pass through, from the shortest prompt (prefill) to ``length`` (the last
+    decoding step). A dynamic method's factor only grows with the length, so its values at the two
+    ends decide: equal keys mean equal frequencies at every step (Dynamic YaRN inside L equals
+    none; at 2L it is not YaRN s=2, whose factor it reaches only at the very end)."""
+    ends = (rope_lib.inv_freq(spec, n) for n in (shortest, length))
+    return (shortest, length, *(np.asarray(x).tobytes() for pair in ends for x in pair))
 
 
 def _rows(args, model, variants, inputs: dict, lengths: list[int], _batch_rows) -> list[dict]:
@@ -145,7 +154,8 @@ def _rows(args, model, variants, inputs: dict, lengths: list[int], _batch_rows) 
         if variant.config.rope.is_length_dependent:  # as passkey: keys keep the frequencies they were written at
             variant = model_lib.with_config(variant, variant.config.replace(dynamic_cache="transformers"))
         for length in lengths:
-            key = _frequencies_key(spec, length)
+            shortest = min(len(p.prompt_ids) for name in names for p in prompts[name, length])
+            key = _frequencies_key(spec, shortest, length)
             if key in done:  # e.g. dynamic_yarn inside the original length: the unscaled model's answers
                 earlier = done[key]
                 print(f"ruler {label} @ {length}: at this length its frequencies equal {earlier}'s, so its rows are "

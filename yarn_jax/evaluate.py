@@ -61,6 +61,8 @@ def rope_variants(config: model_lib.ModelConfig, specs: list[str]) -> list[tuple
     Parsed up front so a bad spec fails before any work."""
     out = []
     for text in specs or ["none"]:
+        if any(label == text for label, _ in out):
+            raise EvalError(f"--rope {text!r}: given twice (each --rope is one row per length)")
         method = rope_lib.canonical_method(str(text).partition(":")[0])
         if method not in ("none", "") and method not in rope_lib.REGISTRY:
             raise EvalError(f"--rope {text!r}: unknown method {method!r}; allowed: none, {', '.join(rope_lib.METHODS)}")

@@ -18,7 +18,10 @@ Where this differs from RULER, and why:
 - fwe's word count is found by binary search (RULER grows it in steps of 1/32 of the length, which
   leaves prompts up to 3 % short).
 - Samples are independent: sample i of a (task, length, seed) is drawn from its own seeded
-  generator, so N samples are the first N of any larger run.
+  generator, so N samples are the first N of any larger run; each is sized by its own binary search
+  (RULER sizes one draw and steps the others down).
+- cwe's words are wonderwords' 8,166: a length they cannot fill is refused (about 100k tokens with
+  SmolLM2's tokenizer); RULER falls back to a second list of English words, which cannot ship.
 """
 
 from __future__ import annotations
@@ -351,6 +354,12 @@ def samples(task: str, tokenizer, length: int, count: int, *, seed: int = 0, hay
                          f"with the {budget}-token generation budget); use a longer length")
     per_unit = max(1e-9, (size(low + 200, rng_of(0)) - size(low + 100, rng_of(0))) / 100)
     high = max(low + 1, int(2 * length / per_unit))
+    if spec.family == "common_words_extraction":  # cwe draws distinct words from wonderwords' lists
+        high = min(high, len(_cwe_words(seed)))
+        if size(high, rng_of(0)) < 0.99 * length:
+            raise ValueError(f"{task} @ {length}: all {high:,} of wonderwords' words fill only "
+                             f"{size(high, rng_of(0)):,} tokens (RULER falls back to a second word list, which "
+                             "cannot ship); use a shorter length")
     out = []
     for index in range(count):
         # Each sample's own draws (needles, words) change its length a little: each is sized alone.
