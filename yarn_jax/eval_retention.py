@@ -47,21 +47,13 @@ def token_losses_and_kl(model, inputs, targets, base_frequencies, frequencies, c
     base = model.hidden_states(inputs, frequencies=base_frequencies)
     hidden = model.hidden_states(inputs, frequencies=frequencies)
 
-    def per_chunk(_, xs):
-        h_base, h, t = xs
+    def per_chunk(h_base, h, t):
         log_base = jax.nn.log_softmax(model._logits(h_base), axis=-1)
         log_p = jax.nn.log_softmax(model._logits(h), axis=-1)
         kl = jnp.sum(jnp.exp(log_base) * (log_base - log_p), axis=-1)
-        return None, (-jnp.take_along_axis(log_p, t[..., None], axis=-1)[..., 0], kl)
+        return -jnp.take_along_axis(log_p, t[..., None], axis=-1)[..., 0], kl
 
-    b, t_len, _ = hidden.shape
-    n = -(-t_len // chunk)
-    pad = n * chunk - t_len
-    pieces = [jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2)) for a in (base, hidden, targets)]
-    pieces = [jnp.moveaxis(a.reshape(b, n, chunk, *a.shape[2:]), 1, 0) for a in pieces]
-    _, (losses, kl) = jax.lax.scan(per_chunk, None, tuple(pieces))
-    return (jnp.moveaxis(losses, 0, 1).reshape(b, n * chunk)[:, :t_len],
-            jnp.moveaxis(kl, 0, 1).reshape(b, n * chunk)[:, :t_len])
+    return model_lib.over_position_chunks(per_chunk, (base, hidden, targets), chunk)
 
 
 @functools.lru_cache(maxsize=16)

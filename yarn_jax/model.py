@@ -634,10 +634,8 @@ def token_losses(model: Decoder, hidden, targets, chunk: int = 0):
     ``hidden = model.hidden_states(...)``.
 
     With ``0 < chunk < T`` the logits exist only ``chunk`` positions per row at a time, and are
-    recomputed in the backward pass: a [B, T, vocab] float32 array is 4 GiB per 32k-token row at a
-    32k vocabulary, more than the rest of a small model's step. The n = ceil(T / chunk) chunks are
-    strided (chunk j holds positions j, j + n, j + 2n, ...), so a sequence sharded over the context
-    axis stays evenly split in every chunk; T is padded up to n * chunk when needed.
+    recomputed in the backward pass (``over_position_chunks``): a [B, T, vocab] float32 array is 4 GiB
+    per 32k-token row at a 32k vocabulary, more than the rest of a small model's step.
     """
 
     def losses_of(h, t):
@@ -645,18 +643,25 @@ def token_losses(model: Decoder, hidden, targets, chunk: int = 0):
         picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         return jax.nn.logsumexp(logits, axis=-1) - picked
 
-    B, T, _ = hidden.shape
-    if not chunk or chunk >= T:
+    if not chunk or chunk >= hidden.shape[1]:
         return losses_of(hidden, targets)
+    return over_position_chunks(losses_of, (hidden, targets), chunk)
+
+
+def over_position_chunks(fn, arrays, chunk: int):
+    """``fn(*arrays)`` computed ``chunk`` positions per row at a time and recomputed in the
+    backward pass: each array is [B, T, ...], ``fn`` returns per-position results [B, chunk] (one
+    array or a tuple), gathered back to [B, T]. The n = ceil(T / chunk) chunks are strided (chunk j
+    holds positions j, j + n, j + 2n, ...), so a sequence sharded over the context axis stays evenly
+    split in every chunk; T is padded up to n * chunk when needed."""
+    B, T = arrays[0].shape[:2]
     n = -(-T // chunk)
     pad = n * chunk - T
     if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    hs = jnp.moveaxis(hidden.reshape(B, chunk, n, -1), 2, 0)  # [n, B, chunk, hidden]
-    ts = jnp.moveaxis(targets.reshape(B, chunk, n), 2, 0)
-    _, out = jax.lax.scan(jax.checkpoint(lambda _, xs: (None, losses_of(*xs))), None, (hs, ts))
-    return jnp.moveaxis(out, 0, 2).reshape(B, n * chunk)[:, :T]
+        arrays = [jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2)) for a in arrays]
+    xs = tuple(jnp.moveaxis(a.reshape(B, chunk, n, *a.shape[2:]), 2, 0) for a in arrays)  # [n, B, chunk, ...]
+    _, out = jax.lax.scan(jax.checkpoint(lambda _, xs: (None, fn(*xs))), None, xs)
+    return jax.tree.map(lambda o: jnp.moveaxis(o, 0, 2).reshape(B, n * chunk)[:, :T], out)
 
 
 def init_cache(config: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> dict:

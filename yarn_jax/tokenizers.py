@@ -8,6 +8,7 @@ checkpoint). Training and evaluation use them on their own (the data pipeline is
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Protocol
@@ -149,18 +150,24 @@ def chat_prompt(tokenizer, text: str) -> str | None:
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         return None
+    return _compiled_template(template).render(
+        messages=[{"role": "user", "content": text}], add_generation_prompt=True,
+        bos_token=tokenizer.id_to_token(tokenizer.bos_id), eos_token=tokenizer.id_to_token(tokenizer.eos_id))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_template(template: str):
+    """A chat template compiled once (RULER's sizing renders a prompt a dozen times per sample)."""
     import jinja2.sandbox
 
     def raise_exception(message):
-        raise UserError(f"tokenizer {tokenizer.spec}: its chat template refused the prompt: {message}")
+        raise UserError(f"a chat template refused the prompt: {message}")
 
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                       extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(
-        messages=[{"role": "user", "content": text}], add_generation_prompt=True,
-        bos_token=tokenizer.id_to_token(tokenizer.bos_id), eos_token=tokenizer.id_to_token(tokenizer.eos_id))
+    return env.from_string(template)
 
 
 def _gguf_tokenizer(path: str) -> HFTokenizer:
