@@ -63,7 +63,11 @@ def rope_variants(config: model_lib.ModelConfig, specs: list[str]) -> list[tuple
     for text in specs or ["none"]:
         if any(label == text for label, _ in out):
             raise EvalError(f"--rope {text!r}: given twice (each --rope is one row per length)")
-        method = rope_lib.canonical_method(str(text).partition(":")[0])
+        try:
+            written = rope_lib.read_spec_file(text)
+        except ValueError as error:
+            raise EvalError(f"--rope: {error}") from None
+        method = rope_lib.canonical_method(str(written).partition(":")[0])
         if method not in ("none", "") and method not in rope_lib.REGISTRY:
             raise EvalError(f"--rope {text!r}: unknown method {method!r}; allowed: none, {', '.join(rope_lib.METHODS)}")
         try:
@@ -660,7 +664,7 @@ def run(args) -> dict:
         raise EvalError(f"--tokenizer {tokenizer.spec}: vocabulary {tokenizer.vocab_size} exceeds the model's "
                         f"{own_config.vocab_size}")
     inputs = task.prepare(args, tokenizer, lengths)
-    runtime = _runtime(args, lengths, own_config)
+    runtime = runtime_fields(args, lengths, own_config)
     config = model_lib.configure(own_config, **runtime)
     windows = {length: task.windows(inputs, length, args) for length in lengths}
     batch_rows = check_memory(config, lengths, windows, getattr(args, "batch_size", 0) or 0, args.task)
@@ -679,7 +683,7 @@ def run(args) -> dict:
     return output
 
 
-def _runtime(args, lengths: list[int], own_config) -> dict:
+def runtime_fields(args, lengths: list[int], own_config) -> dict:
     """The runtime fields the model loads with; ``--dtype auto`` says what it chose and why, and an
     attention kernel or matmul that cannot run is refused here, before any weights load."""
     runtime = {"attention": args.attention or "auto", "matmul": args.matmul}

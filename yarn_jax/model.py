@@ -175,10 +175,12 @@ def auto_dtype(platform: str | None = None) -> tuple[str, str]:
 def resolve_rope(own: rope_lib.RopeSpec, spec) -> rope_lib.RopeSpec:
     """The rope a user's SPEC (string, dict or RopeSpec) means for a model whose own rope is ``own``.
 
-    ``None``, ``""`` and ``"none"`` keep ``own``. Fields the SPEC lacks come from ``own``: its
-    rotary_dim (a partial-rotary model stays partial), theta and head_dim. Every command that
-    takes a rope override (train, evaluate, convert, the loader) goes through here.
+    ``None``, ``""`` and ``"none"`` keep ``own``. ``@PATH`` is the SPEC written in the file PATH
+    (the ``rope.txt`` a search writes). Fields the SPEC lacks come from ``own``: its rotary_dim (a
+    partial-rotary model stays partial), theta and head_dim. Every command that takes a rope
+    override (train, evaluate, convert, the loader) goes through here.
     """
+    spec = rope_lib.read_spec_file(spec)
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return own
     return rope_lib.parse(spec, rotary_dim=own.rotary_dim, theta=own.theta, head_dim=own.head_dim)

@@ -593,6 +593,21 @@ def parse(text: str, **defaults) -> RopeSpec:
     return RopeSpec(**fields)
 
 
+def read_spec_file(text):
+    """``@PATH`` -> the SPEC written in the file PATH (its first non-empty line); anything else unchanged."""
+    if not (isinstance(text, str) and text.startswith("@")):
+        return text
+    path = text[1:]
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError as error:
+        raise ValueError(f"rope spec {text!r}: cannot read {path}: {error.strerror}") from None
+    if not lines:
+        raise ValueError(f"rope spec {text!r}: {path} is empty (expected one SPEC, e.g. yarn:factor=2)")
+    return lines[0]
+
+
 def to_string(spec: RopeSpec) -> str:
     """The ``parse`` form of ``spec``, listing only fields that differ from the defaults."""
     items = []
