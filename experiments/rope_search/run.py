@@ -143,7 +143,18 @@ def report(args, log: dict) -> str:
         text += [f"## Search: {space}", "", *_search_section(load(f"{space}_{args.length}/result.json")), "",
                  f"![{space} search]({space}_{args.length}/search.png)", ""]
     text += ["## Held-out books", "", _judge_table(judge["results"], names), "",
-             _verdict(judge["results"], names, args.length) + ".", "", "## Commands", ""]
+             _verdict(judge["results"], names, args.length) + ".", "",
+             ("What this does not support: two held-out books, one window each, give no interval (a "
+              "difference on 2 of 2 books is what a coin gives one time in four), and a budget of "
+              f"{args.budget} candidates per space is a sliver of LongRoPE's 64 x 40. It shows the search "
+              "running end to end on a real model, its candidates scored by one compiled program, and "
+              "where it moved (YaRN: a wider band and a lower temperature; LongRoPE: a few pairs of "
+              "YaRN's ramp); whether searched parameters beat the published ones for SmolLM2 needs more "
+              "books and budget than this CPU gives in an hour. The LongRoPE search's first seed is YaRN's "
+              "ramp written as per-pair factors with YaRN's temperature: it scored YaRN's start to 3e-7 nats "
+              "(the two parameterisations agree; the factors are rounded to 1e-4). Wall times were measured with other jobs on the cores; "
+              "the yarn search's scoring time includes two evaluations of a first run that was stopped and "
+              "resumed."), "", "## Commands", ""]
     text += [f"- `{v['command']}` ({v['seconds'] / 60:.1f} min)" for v in log["runs"].values()]
     return "\n".join(text) + "\n"
 
