@@ -737,8 +737,14 @@ def documents(args, tokenizer, lengths: list[int]) -> _Documents:
     split = data_lib.load_split(args.data, tokenizer, split_name)
     min_tokens = args.min_doc_tokens or lengths[-1]
     doc_ids = select_documents(split, min_tokens, args.samples, args.sample_seed)
-    print(f"{len(doc_ids)} of {split.num_documents} documents ({'all' if split_name is None else split_name}) have "
-          f">= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
+    eligible = int((split.lengths() >= min_tokens).sum())
+    which = "all" if split_name is None else split_name
+    if len(doc_ids) < eligible:  # --samples picked some of them
+        print(f"{len(doc_ids)} documents picked (--samples) of the {eligible} of {split.num_documents} ({which}) that "
+              f"have >= {min_tokens} tokens ({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
+    else:
+        print(f"{len(doc_ids)} of {split.num_documents} documents ({which}) have >= {min_tokens} tokens "
+              f"({int(split.lengths()[doc_ids].sum()):,} tokens)", flush=True)
     return _Documents(split, split_name, doc_ids, min_tokens)
 
 
