@@ -145,9 +145,9 @@ def longrope_seeds(space: Space) -> list[dict]:
     s, d = space.scale, space.own.rotary_dim
     curves = [pair_factors(space, yarn), np.full(space.pairs, s), s ** (2 * np.arange(space.pairs) / max(d - 2, 1))]
     attention = _round(math.sqrt(1 + math.log(s) / math.log(space.original_length))) if s > 1 else 1.0
+    bounds = [space.factor_bounds(i) for i in range(space.pairs)]
     seeds = []
     for curve, temperature in zip(curves, (space.default_yarn()["attention_factor"], attention, attention)):
-        bounds = [space.factor_bounds(i) for i in range(space.pairs)]
         clipped = np.maximum.accumulate([min(max(v, lo), hi) for v, (lo, hi) in zip(curve, bounds)])
         seeds.append({"factors": [_round(v) for v in clipped], "attention_factor": temperature})
     return seeds
@@ -622,7 +622,6 @@ def run(args) -> dict:
     split_name = args.split if args.split is not None else evaluate_lib.default_split(args.data)
     split = data_lib.load_split(args.data, tokenizer, split_name)
     parts = _batches(args, tokenizer, split)
-    args.prefill_chunk = None
     runtime = evaluate_lib.runtime_fields(args, [args.length], own_config)
     settings = _settings(args, space, runtime["dtype"])
     config = model_lib.configure(own_config, **runtime)
