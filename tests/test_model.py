@@ -147,8 +147,8 @@ needs_chunked_prefill = pytest.mark.skipif(
     ("dynamic_yarn:original_max_position_embeddings=16", None, "float32"),
 ])
 def test_chunked_prefill_equals_one_pass(rope, sliding_window, dtype):
-    """A 30-token prompt (25 real, 5 padding) in chunks of 8 (starts 0, 8, 16, 22: the last one
-    overlaps) gives the one-pass prefill's logits and cache, and the same decoding after it; with a
+    """A 30-token prompt (25 real, 5 padding; the dynamic case's second row 19) in chunks of 8
+    (starts 0, 8, 16, 22: the last one overlaps) gives the one-pass prefill's logits and cache, and the same decoding after it; with a
     length-dependent rope every chunk uses the whole prompt's length. (The cache is in the model's
     dtype: chunks attend to the cache, so a bfloat16 cache under a float32 model would differ from
     one pass by its rounding, as decoding steps do.)"""
@@ -156,7 +156,9 @@ def test_chunked_prefill_equals_one_pass(rope, sliding_window, dtype):
                      dtype=dtype, matmul="xla")
     chunked = model_lib.with_config(one_pass, one_pass.config.replace(prefill_chunk=8))
     ids = jnp.asarray(np.random.default_rng(10).integers(0, 61, (2, 30)))
-    prefill = nnx.jit(lambda model, ids, cache: model.prefill(ids, cache, jnp.int32(25)))
+    # The length-dependent case prefills rows of different lengths (25 and 19: each row's rope length).
+    lengths = jnp.asarray([25, 19], jnp.int32) if "dynamic" in rope else jnp.int32(25)
+    prefill = nnx.jit(lambda model, ids, cache: model.prefill(ids, cache, lengths))
     results = {}
     for name, model in (("one pass", one_pass), ("chunked", chunked)):
         logits, cache = prefill(model, ids, model_lib.init_cache(model.config, 2, 34))
@@ -177,7 +179,8 @@ def test_chunked_prefill_equals_one_pass(rope, sliding_window, dtype):
         for layer, (a, b) in enumerate(zip(got_cache[name], want_cache[name])):
             np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol,
                                        err_msg=f"{name} layer {layer}")
-    assert int(got_cache["index"]) == int(want_cache["index"]) == 29
+    np.testing.assert_array_equal(got_cache["index"], lengths + 4)
+    np.testing.assert_array_equal(want_cache["index"], lengths + 4)
 
 
 @needs_chunked_prefill
@@ -380,19 +383,30 @@ def test_chunked_token_losses_equal_the_full_cross_entropy_and_its_gradients():
             np.testing.assert_allclose(g, w, atol=1e-7)
 
 
-@pytest.mark.parametrize("rope", ["default", "dynamic_yarn:original_max_position_embeddings=16"])
-def test_padded_prompts_share_one_program_and_generate_the_same_tokens(rope):
+@pytest.mark.parametrize("rope, dynamic_cache", [("default", "exact"),
+                                                  ("dynamic_yarn:original_max_position_embeddings=16", "exact"),
+                                                  ("dynamic_yarn:original_max_position_embeddings=16", "transformers")])
+def test_padded_prompts_share_one_program_and_generate_the_same_tokens(rope, dynamic_cache):
     """prefill runs the model's own (flash/chunked) kernel over a right-padded prompt buffer; the
-    padding never reaches the real tokens, and the next-token logits equal a full forward's."""
-    model = _tiny(rope, initializer_range=0.3, attention="chunked", attention_block_size=8)
-    prompt = jnp.asarray(np.random.default_rng(9).integers(0, 61, (1, 21)))
-    padded = jnp.concatenate([prompt, jnp.full((1, 11), 7, jnp.int32)], axis=1)
-    np.testing.assert_array_equal(model_lib.generate(model, padded, 12, prompt_length=21),
-                                  model_lib.generate(model, prompt, 12))
+    padding never reaches the real tokens, and the next-token logits equal a full forward's. A batch
+    of prompts of different lengths (one prompt_length per row; the dynamic method's rows on both
+    sides of its original length 16, and crossing it while decoding) gives each row its own tokens."""
+    model = _tiny(rope, initializer_range=0.3, attention="chunked", attention_block_size=8, dynamic_cache=dynamic_cache)
+    rng = np.random.default_rng(9)
+    lengths = [21, 9, 32]
+    padded = np.full((3, 32), 7, np.int32)
+    for row, n in enumerate(lengths):
+        padded[row, :n] = rng.integers(0, 61, n)
+    batched = model_lib.generate(model, padded, 12, prompt_length=lengths)
+    for row, n in enumerate(lengths):
+        np.testing.assert_array_equal(batched[row], model_lib.generate(model, padded[row:row + 1, :n], 12)[0])
+    np.testing.assert_array_equal(model_lib.generate(model, padded[:1], 12, prompt_length=21)[0], batched[0])
     cache = model_lib.init_cache(model.config, 1, 40)
-    logits, cache = nnx.jit(lambda m, ids, c: m.prefill(ids, c, jnp.int32(21)))(model, padded, cache)
-    np.testing.assert_allclose(logits, model(prompt)[:, -1], atol=2e-5)
+    logits, cache = nnx.jit(lambda m, ids, c: m.prefill(ids, c, jnp.int32(21)))(model, padded[:1], cache)
+    np.testing.assert_allclose(logits, model(padded[:1, :21])[:, -1], atol=2e-5)
     assert int(cache["index"]) == 21
+    with pytest.raises(ValueError, match="prompt_length must be an int, or one per row"):
+        model_lib.generate(model, padded, 12, prompt_length=[21, 9])
 
 
 @pytest.mark.slow

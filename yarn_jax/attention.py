@@ -327,7 +327,9 @@ def _cached_kernel(implementation: str, dtype, head_dim: int) -> Kernel | None:
 def cached_attention(q, cache_k, cache_v, index, window=None, scale=None, implementation: str = "xla"):
     """KV-cache decoding: t new tokens, queries q [B, t, H, D] at positions index..index+t-1, attend
     causally to the cache (cache_k, cache_v [B*K, S, D], heads first, already holding their own
-    keys and values). The cache is read where it lies, in its own dtype and layout.
+    keys and values). The cache is read where it lies, in its own dtype and layout. ``index`` is
+    one position for the batch, or one per row [B] (a batch of prompts of different lengths: the
+    dense product, whose mask is per row).
 
     A chunk of several tokens goes to the cached forward of the kernel ``implementation``
     resolves to, where it has one that runs here (flash_cpu's: O(t) memory, visiting only the
@@ -335,7 +337,7 @@ def cached_attention(q, cache_k, cache_v, index, window=None, scale=None, implem
     matmul per (batch, kv head) with float32 accumulation, no transposed or upcast copy of the
     cache, over all S slots ([B, H, t, S] logits: for a few tokens)."""
     t = q.shape[1]
-    kernel = _cached_kernel(implementation, q.dtype, q.shape[-1]) if t > 1 else None
+    kernel = _cached_kernel(implementation, q.dtype, q.shape[-1]) if t > 1 and jnp.ndim(index) == 0 else None
     if kernel is not None:
         return kernel.cached(q, cache_k, cache_v, index, window, scale)
     scale = default_scale(q, scale)
@@ -343,7 +345,11 @@ def cached_attention(q, cache_k, cache_v, index, window=None, scale=None, implem
     kv_heads, size = cache_k.shape[0] // b, cache_k.shape[1]
     qh = _heads_first(q, kv_heads).reshape(b * kv_heads, -1, q.shape[-1])  # [B*K, G*t, D]
     logits = jnp.einsum("nqd,nsd->nqs", qh.astype(cache_k.dtype), cache_k, preferred_element_type=jnp.float32)
-    mask = _mask(index + jnp.arange(t), jnp.arange(size), None, None, window)  # [1, t, S]
+    row_mask = lambda i: _mask(i + jnp.arange(t), jnp.arange(size), None, None, window)  # noqa: E731  [1, t, S]
+    if jnp.ndim(index):  # rows at different positions: a mask per row, repeated for its kv heads
+        mask = jnp.repeat(jax.vmap(row_mask)(index)[:, 0], kv_heads, axis=0)  # [B*K, t, S]
+    else:
+        mask = row_mask(index)
     mask = jnp.tile(mask, (1, h // kv_heads, 1))
     probs = jax.nn.softmax(jnp.where(mask, logits * scale, _NEG), axis=-1)
     out = jnp.einsum("nqs,nsd->nqd", probs.astype(cache_v.dtype), cache_v, preferred_element_type=jnp.float32)

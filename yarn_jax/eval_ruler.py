@@ -20,6 +20,7 @@ import argparse
 import functools
 import os
 
+import jax
 import numpy as np
 
 from yarn_jax import data as data_lib
@@ -32,7 +33,7 @@ from yarn_jax.evaluate import (
     Task,
     add_prefill_argument,
     markdown_table,
-    passkey_memory_estimate,
+    generation_memory_estimate,
     register,
 )
 from yarn_jax.progress import Progress
@@ -53,6 +54,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="effective length: the average a length must exceed (default 85.6)")
     parser.add_argument("--no-chat-template", action="store_true",
                         help="plain prompts even where the tokenizer carries a chat template")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="prompts per generation batch (default 0: automatic: 1 on CPU, where batching is "
+                             "slower; elsewhere ~8k tokens in flight, within the machine's memory)")
     add_prefill_argument(parser)
 
 
@@ -88,6 +92,11 @@ def _prepare(args, tokenizer, lengths: list[int]) -> dict:
     if not args.no_chat_template and getattr(tokenizer, "chat_template", None):
         chat = functools.partial(tokenizers_lib.chat_prompt, tokenizer)
     print(f"prompts: {'the tokenizer chat template' if chat else 'plain text (no chat template)'}", flush=True)
+    if not args.batch_size and jax.default_backend() == "cpu":
+        # Measured (bench.md, "RULER generation"): 4 prompts at 4k in one batch took 1.1x the time of
+        # one at a time on XLA's CPU backend; the batch decodes until its longest answer ends.
+        args.batch_size = 1
+        print("--batch-size 0 (automatic) on CPU: one prompt at a time (batching is slower here)", flush=True)
     text = None
     essays = [n for n in names if ruler.TASKS[n].needs_text]
     if essays and not args.data:
@@ -111,17 +120,23 @@ def _prepare(args, tokenizer, lengths: list[int]) -> dict:
     return {"tokenizer": tokenizer, "prompts": prompts, "tasks": names}
 
 
-def _generate(model, sample: ruler.Sample, length: int, eos_id: int, pad_id: int, decode) -> str:
-    """Greedy continuation of one prompt, cut at EOS or the task's budget. Prompts are padded to
-    ``length`` with a budget of BUDGET tokens (the largest task's), so one compiled program serves
-    every prompt and task at a length (greedy decoding makes a longer run's first tokens the shorter
-    run's); decoding stops at EOS."""
-    ids = np.full((1, length), pad_id, np.int32)
-    ids[0, :len(sample.prompt_ids)] = sample.prompt_ids
-    out = np.asarray(model_lib.generate(model, ids, BUDGET, prompt_length=len(sample.prompt_ids), eos_id=eos_id))[0]
-    out = out[:sample.tokens_to_generate]
-    stop = np.flatnonzero(out == eos_id)
-    return decode(out[:stop[0]] if len(stop) else out)
+def _generate(model, samples: list[ruler.Sample], length: int, eos_id: int, pad_id: int, decode) -> list[str]:
+    """Greedy continuations of a batch of prompts, each cut at EOS or its task's budget. Prompts are
+    padded to ``length`` (each row generates from its own last token) with a budget of BUDGET tokens
+    (the largest task's), so one compiled program serves every prompt and task at a length and batch
+    size (greedy decoding makes a longer run's first tokens the shorter run's); decoding stops once
+    every row has produced EOS."""
+    ids = np.full((len(samples), length), pad_id, np.int32)
+    for row, sample in enumerate(samples):
+        ids[row, :len(sample.prompt_ids)] = sample.prompt_ids
+    out = np.asarray(model_lib.generate(model, ids, BUDGET, prompt_length=[len(s.prompt_ids) for s in samples],
+                                        eos_id=eos_id))
+    texts = []
+    for tokens, sample in zip(out, samples):
+        tokens = tokens[:sample.tokens_to_generate]
+        stop = np.flatnonzero(tokens == eos_id)
+        texts.append(decode(tokens[:stop[0]] if len(stop) else tokens))
+    return texts
 
 
 def bootstrap_interval(scores: list[np.ndarray], seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES):
@@ -146,7 +161,7 @@ def _frequencies_key(spec: rope_lib.RopeSpec, shortest: int, length: int) -> tup
     return (shortest, length, *(np.asarray(x).tobytes() for pair in ends for x in pair))
 
 
-def _rows(args, model, variants, inputs: dict, lengths: list[int], _batch_rows) -> list[dict]:
+def _rows(args, model, variants, inputs: dict, lengths: list[int], batch_rows: dict) -> list[dict]:
     tokenizer, prompts, names = inputs["tokenizer"], inputs["prompts"], inputs["tasks"]
     results, done = [], {}
     for label, spec in variants:
@@ -164,26 +179,36 @@ def _rows(args, model, variants, inputs: dict, lengths: list[int], _batch_rows) 
                                for r in list(results) if r["rope"] == earlier and r["length"] == length)
                 continue
             done[key] = label
-            results.extend(_length_rows(args, variant, label, spec, tokenizer, prompts, names, length))
+            samples = [(name, sample) for name in names for sample in prompts[name, length]]
+            texts = _predictions(variant, samples, length, tokenizer, batch_rows[length], f"ruler {label} @ {length}")
+            results.extend(_length_rows(args, label, spec, samples, texts, names, length))
     return results
 
 
-def _length_rows(args, variant, label: str, spec, tokenizer, prompts: dict, names: list[str], length: int):
+def _predictions(model, samples: list, length: int, tokenizer, rows: int, title: str) -> list[str]:
+    """Generated text of every (task, sample) at a length, ``rows`` prompts per batch (the last batch
+    holds what is left)."""
+    texts = []
+    with Progress(len(samples), f"{title} ({rows} per batch)", "sample") as bar:
+        for start in range(0, len(samples), rows):
+            batch = [sample for _, sample in samples[start:start + rows]]
+            texts.extend(_generate(model, batch, length, tokenizer.eos_id, tokenizer.pad_id, tokenizer.decode))
+            bar.update(len(batch))
+    return texts
+
+
+def _length_rows(args, label: str, spec, samples: list, texts: list[str], names: list[str], length: int):
     """One method at one length: a row per task and the average over tasks."""
     rows, scores = [], []
-    with Progress(len(names) * args.samples, f"ruler {label} @ {length}", "sample") as bar:
-        for name in names:
-            details = []
-            for sample in prompts[name, length]:
-                text = _generate(variant, sample, length, tokenizer.eos_id, tokenizer.pad_id, tokenizer.decode)
-                details.append({"index": sample.index, "answers": list(sample.answers), "prediction": text,
-                                "score": ruler.sample_score(text, sample.answers)})
-                bar.update(1)
-            cell = np.asarray([d["score"] for d in details])
-            scores.append(cell)
-            rows.append({"task": name, "rope": label, "spec": rope_lib.to_string(spec), "length": length,
-                         "score": float(cell.mean()), "samples": len(cell),
-                         "ci95": bootstrap_interval([cell], seed=args.seed), "details": details})
+    for name in names:
+        details = [{"index": sample.index, "answers": list(sample.answers), "prediction": text,
+                    "score": ruler.sample_score(text, sample.answers)}
+                   for (task, sample), text in zip(samples, texts) if task == name]
+        cell = np.asarray([d["score"] for d in details])
+        scores.append(cell)
+        rows.append({"task": name, "rope": label, "spec": rope_lib.to_string(spec), "length": length,
+                     "score": float(cell.mean()), "samples": len(cell),
+                     "ci95": bootstrap_interval([cell], seed=args.seed), "details": details})
     rows.append({"task": "average", "rope": label, "spec": rope_lib.to_string(spec), "length": length,
                  "score": float(np.mean([c.mean() for c in scores])), "samples": int(sum(map(len, scores))),
                  "ci95": bootstrap_interval(scores, seed=args.seed)})
@@ -256,6 +281,6 @@ def plot(results: list[dict], path: str, threshold: float = DEFAULT_THRESHOLD) -
 
 
 register(Task("ruler", "RULER's synthetic tasks and effective length", _arguments, _prepare,
-              lambda inputs, length, args: 1,
-              lambda config, rows, length: passkey_memory_estimate(config, length + BUDGET),
-              _rows, _report, lambda args, results, path: plot(results, path, args.threshold)))
+              lambda inputs, length, args: len(inputs["tasks"]) * args.samples,
+              lambda config, rows, length: generation_memory_estimate(config, length + BUDGET, rows),
+              _rows, _report, lambda args, results, path: plot(results, path, args.threshold), batched=True))

@@ -201,14 +201,14 @@ def memory_estimate(config: model_lib.ModelConfig, rows: int, length: int) -> in
     return int(params + rows * (logits + activations + attention))
 
 
-def passkey_memory_estimate(config: model_lib.ModelConfig, width: int) -> int:
-    """Bytes a passkey trial over a ``width``-slot KV cache needs, erring high: the cache, plus one
-    forward pass over the tokens prefilled at a time (a chunk of ``prefill_chunk`` where the model
-    prefills in chunks, else the whole prompt)."""
+def generation_memory_estimate(config: model_lib.ModelConfig, width: int, rows: int = 1) -> int:
+    """Bytes generating from ``rows`` prompts over a ``width``-slot KV cache needs, erring high: the
+    caches, plus one forward pass over the tokens prefilled at a time (a chunk of ``prefill_chunk``
+    where the model prefills in chunks, else the whole prompt) of every row."""
     c = config
     cache = 2 * c.num_layers * width * c.num_kv_heads * c.head_dim * jnp.dtype(c.dtype).itemsize
     at_once = min(width, c.prefill_chunk) if model_lib.chunked_prefill(c) else width
-    return memory_estimate(c, 1, at_once) + cache
+    return memory_estimate(c, rows, at_once) + rows * cache
 
 
 def available_memory() -> int | None:
@@ -873,7 +873,7 @@ register(Task("perplexity", "sliding-window perplexity of documents", _perplexit
               lambda args, results, path: plot(results, "perplexity", path), batched=True))
 register(Task("passkey", "passkey retrieval (landmark-attention prompt)", _passkey_arguments, _passkey_prepare,
               lambda inputs, length, args: 1,
-              lambda config, rows, length: passkey_memory_estimate(config, length + ANSWER_SLOTS),
+              lambda config, rows, length: generation_memory_estimate(config, length + ANSWER_SLOTS),
               _passkey_rows, _passkey_report, lambda args, results, path: plot(results, "passkey", path)))
 
 

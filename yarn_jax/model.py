@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from yarn_jax import attention as attention_lib
@@ -345,15 +346,19 @@ def chunked_prefill(config: ModelConfig) -> bool:
 
 def _write(buffer, new, index):
     """Keys or values new [B, t, K, D] into a layer's cache buffer [B*K, S, D] at slots
-    index..index+t-1."""
+    index..index+t-1 (``index``: one for the batch, or one per row [B])."""
     new = new.transpose(0, 2, 1, 3).reshape(-1, new.shape[1], new.shape[3]).astype(buffer.dtype)
+    if jnp.ndim(index):  # rows at different slots: one update per (row, kv head)
+        index = jnp.repeat(index, buffer.shape[0] // index.shape[0])
+        update = jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis=0))
+    else:
+        update = lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis=1)  # noqa: E731
     if buffer.dtype.itemsize == 2:
         # XLA's CPU backend computes a bfloat16 dynamic-update-slice in float32, converting the
         # whole buffer both ways per token; the same bits as uint16 are written in place.
         bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)  # noqa: E731
-        written = jax.lax.dynamic_update_slice_in_dim(bits(buffer), bits(new), index, axis=1)
-        return jax.lax.bitcast_convert_type(written, buffer.dtype)
-    return jax.lax.dynamic_update_slice_in_dim(buffer, new, index, axis=1)
+        return jax.lax.bitcast_convert_type(update(bits(buffer), bits(new), index), buffer.dtype)
+    return update(buffer, new, index)
 
 
 class DecoderLayer(nnx.Module):
@@ -499,7 +504,9 @@ class Decoder(nnx.Module):
 
         Only the first ``length`` tokens (default S; may be traced, so prompts of any length up to
         S share one compiled program) count: the rest is padding, which causal attention keeps
-        out of them and which later decoding steps overwrite.
+        out of them and which later decoding steps overwrite. ``length`` may also be one per row
+        (int [B]): a batch of prompts of different lengths, each row's cache then positioned at
+        its own length (``decode`` continues every row from there).
 
         Memory: a prompt longer than ``config.prefill_chunk`` is run ``prefill_chunk`` tokens at a
         time (``chunked_prefill``): each chunk writes its keys and values into the cache, then its
@@ -510,8 +517,7 @@ class Decoder(nnx.Module):
         """
         length = input_ids.shape[1] if length is None else length
         hidden, cache = _prefill(self, input_ids, cache, length)
-        last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
-        return self._logits(last)[:, 0], cache
+        return self._logits(_rows_slice(hidden, length - 1, 1))[:, 0], cache
 
     def decode(self, input_ids, cache: dict):
         """Cached decoding of t new tokens [B, t] after ``cache["index"]`` tokens. Returns float32
@@ -529,19 +535,43 @@ class Decoder(nnx.Module):
         seq_len = cache["index"] + input_ids.shape[1]
         if not (c.rope.is_length_dependent and c.dynamic_cache == "exact"):
             return _decode_cached(self, input_ids, cache, seq_len)
-        cache = dict(cache, tokens=jax.lax.dynamic_update_slice_in_dim(cache["tokens"], input_ids.astype(jnp.int32),
-                                                                       cache["index"], axis=1))
-        (now, now_scale), (then, then_scale) = rope_lib.inv_freq(c.rope, seq_len), rope_lib.inv_freq(c.rope, cache["rope_len"])
-        unchanged = jnp.all(now == then) & (now_scale == then_scale)
+        cache = dict(cache, tokens=_rows_update(cache["tokens"], input_ids.astype(jnp.int32), cache["index"]))
+        frequencies = jnp.vectorize(functools.partial(rope_lib.inv_freq, c.rope), signature="()->(d),()")
+        (now, now_scale), (then, then_scale) = frequencies(seq_len), frequencies(cache["rope_len"])
+        unchanged = jnp.all(now == then) & jnp.all(now_scale == then_scale)
 
         def recompute(cache):
             # One causal pass over the whole token buffer at the new length (tokens past seq_len
-            # are padding that causal attention keeps out), through prefill's O(T)-memory path.
+            # are padding that causal attention keeps out), through prefill's O(T)-memory path;
+            # every row is recomputed when any row's frequencies changed.
             hidden, full = _prefill(self, cache["tokens"], cache, seq_len)
-            hidden = jax.lax.dynamic_slice_in_dim(hidden, cache["index"], input_ids.shape[1], axis=1)
-            return self._logits(hidden), full
+            return self._logits(_rows_slice(hidden, cache["index"], input_ids.shape[1])), full
 
         return jax.lax.cond(unchanged, lambda cache: _decode_cached(self, input_ids, cache, seq_len), recompute, cache)
+
+
+def _rows_slice(x, start, size: int):
+    """x [B, S, ...] positions start..start+size-1: ``start`` one for the batch or one per row [B]."""
+    if jnp.ndim(start):
+        return jax.vmap(lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, size, axis=0))(x, start)
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+
+
+def _rows_update(x, new, start):
+    """x [B, S, ...] with new [B, t, ...] written at positions start.. (one start, or one per row [B])."""
+    if jnp.ndim(start):
+        return jax.vmap(lambda row, n, i: jax.lax.dynamic_update_slice_in_dim(row, n, i, axis=0))(x, new, start)
+    return jax.lax.dynamic_update_slice_in_dim(x, new, start, axis=1)
+
+
+def _positions_rotary(c: ModelConfig, positions, seq_len) -> Rotary:
+    """Rotary of ``c.rope`` at positions [B, t] for sequences of ``seq_len`` tokens: one length for
+    the batch, or one per row [B] (a length-dependent method then has each row's frequencies)."""
+    if jnp.ndim(seq_len) and c.rope.is_length_dependent:
+        cos, sin = jax.vmap(functools.partial(rope_lib.cos_sin, c.rope))(positions, seq_len)
+    else:
+        cos, sin = rope_lib.cos_sin(c.rope, positions, None if jnp.ndim(seq_len) else seq_len)
+    return Rotary(cos, sin, c.rope_layout)
 
 
 def _rotary(c: ModelConfig, positions, rope_seq_len, frequencies) -> Rotary:
@@ -575,8 +605,7 @@ def _prefill(model: Decoder, input_ids, cache: dict, length):
 def _prefill_one_pass(model: Decoder, input_ids, cache_k, cache_v, length):
     c = model.config
     b, s = input_ids.shape
-    positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-    rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
+    rotary = _positions_rotary(c, jnp.broadcast_to(jnp.arange(s), (b, s)), length)
     x, ks, vs = model._embed(input_ids), [], []
     for i, layer in enumerate(model.layer_list()):
         x, k, v = layer.forward_kv(x, rotary)
@@ -599,8 +628,7 @@ def _prefill_chunks(model: Decoder, input_ids, cache_k, cache_v, length):
     def step(carry, start):
         ks, vs, hidden = carry
         ids = jax.lax.dynamic_slice_in_dim(input_ids, start, chunk, axis=1)
-        positions = jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk))
-        rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, length), c.rope_layout)
+        rotary = _positions_rotary(c, jnp.broadcast_to(start + jnp.arange(chunk), (b, chunk)), length)
         x, ks, vs = _decode_layers(model, ids, rotary, ks, vs, start)
         hidden = jax.lax.dynamic_update_slice_in_dim(hidden, x.astype(hidden.dtype), start, axis=1)
         return (ks, vs, hidden), None
@@ -614,8 +642,8 @@ def _decode_cached(model: Decoder, input_ids, cache: dict, seq_len):
     c = model.config
     index = cache["index"]
     b, t = input_ids.shape
-    positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
-    rotary = Rotary(*rope_lib.cos_sin(c.rope, positions, seq_len), c.rope_layout)
+    positions = jnp.broadcast_to(jnp.reshape(index, (-1, 1)) + jnp.arange(t), (b, t))
+    rotary = _positions_rotary(c, positions, seq_len)
     x, ks, vs = _decode_layers(model, input_ids, rotary, cache["k"], cache["v"], index)
     return model._logits(x), dict(cache, k=ks, v=vs, index=index + t)
 
@@ -737,7 +765,9 @@ def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: fl
 
     The prompts are the first ``prompt_length`` tokens of each row (default W; the rest is
     padding): prompts of different lengths padded to one width W share one compiled program,
-    (shapes, sampling mode). The prompt is prefilled in one causal pass through the model's
+    (shapes, sampling mode). ``prompt_length`` may be one per row (a sequence of B ints): a batch
+    of prompts of different lengths, each row continued from its own last token (every row's
+    tokens equal its own unbatched run). The prompt is prefilled in one causal pass through the model's
     attention kernel (``Decoder.prefill``) into a KV cache of W + max_new_tokens slots; then one
     token per step in a ``lax.scan``. With ``eos_id`` the steps stop once every row has generated
     it (a ``lax.while_loop``; the rest of each row is ``eos_id``): a short answer costs a few
@@ -749,11 +779,13 @@ def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: fl
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1; got {max_new_tokens}")
     width = prompt_ids.shape[1]
-    prompt_length = width if prompt_length is None else int(prompt_length)
-    if not 1 <= prompt_length <= width:
-        raise ValueError(f"generate: prompt_length must be in [1, {width}]; got {prompt_length}")
+    lengths = np.asarray(width if prompt_length is None else prompt_length)
+    if lengths.ndim > 1 or (lengths.ndim == 1 and lengths.shape[0] != prompt_ids.shape[0]) \
+            or not np.issubdtype(lengths.dtype, np.integer) or not np.all((1 <= lengths) & (lengths <= width)):
+        raise ValueError(f"generate: prompt_length must be an int, or one per row ({prompt_ids.shape[0]} ints), "
+                         f"in [1, {width}]; got {prompt_length!r}")
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, prompt_ids, jnp.int32(prompt_length), jax.random.key(seed),
+    return _generate(graphdef, state, prompt_ids, jnp.asarray(lengths, jnp.int32), jax.random.key(seed),
                      max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
                      eos_id=None if eos_id is None else int(eos_id))
 
