@@ -72,6 +72,16 @@ _COMPILE_ON_MESHES = """
             token = jax.ShapeDtypeStruct((4, 1), jnp.int32)
             jax.jit(decode, donate_argnums=2).lower(placed, token, cache).compile()
             row["decode"] = True
+
+            def prefill_rows(p, ids, cache, lengths):  # prompts of different lengths: a cache index per row
+                with sharding.activation_sharding(mesh):
+                    return nnx.merge(graphdef, p).prefill(ids, cache, lengths)
+
+            lengths = jax.ShapeDtypeStruct((4,), jnp.int32)
+            jax.jit(prefill_rows).lower(placed, ids, cache, lengths).compile()
+            rows_cache = jax.eval_shape(prefill_rows, placed, ids, cache, lengths)[1]
+            jax.jit(decode, donate_argnums=2).lower(placed, token, rows_cache).compile()
+            row["decode_per_row"] = rows_cache["index"].shape == (4,)
         out.append(row)
     print(json.dumps(out))
 """
@@ -85,7 +95,7 @@ def test_train_prefill_and_decode_compile_for_4_and_8_chip_tpu_meshes_with_splas
     for row in rows:
         assert row["kernel"] == "splash", row
         assert row["train_step_has_mosaic"] and row["prefill_has_mosaic"], row
-    assert rows[-1]["slice"] == "v5e-8" and rows[-1]["decode"]
+    assert rows[-1]["slice"] == "v5e-8" and rows[-1]["decode"] and rows[-1]["decode_per_row"]
 
 
 _REFUSALS = """
