@@ -121,6 +121,17 @@ def _verdict(rows: list[dict], names: dict[str, str], length: int) -> str:
     return "; ".join(out)
 
 
+def recorded_settings(log: dict) -> dict:
+    """The settings a recorded run used, read back from its commands (what --report-only reports)."""
+    def flag(command: str, name: str) -> int:
+        words = command.split()
+        return int(words[words.index(name) + 1])
+
+    search, judge = log["runs"]["search_yarn"]["command"], log["runs"]["judge"]["command"]
+    return {"length": flag(search, "--length"), "budget": flag(search, "--budget"),
+            "windows": flag(search, "--windows"), "judge_books": flag(judge, "--samples")}
+
+
 def report(args, log: dict) -> str:
     def load(path):
         with open(os.path.join(args.out, path)) as f:
@@ -172,6 +183,7 @@ def main() -> None:
     if args.report_only:
         with open(log_path) as f:
             log = json.load(f)
+        args = argparse.Namespace(**{**vars(args), **recorded_settings(log)})  # the run's, not today's defaults
     else:
         from yarn_jax import recipe
 
