@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "small_scale"))
+_EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+sys.path[:0] = [os.path.join(_EXPERIMENTS, "small_scale"), _EXPERIMENTS]  # the study's modules, then stats
 
 import claims  # noqa: E402
 import corpora  # noqa: E402

@@ -2,22 +2,20 @@
 tables with bootstrap intervals over books, paired comparisons, the claims with the rules written
 before the run, plots, experiments/results/real_model.md and real_model.json.
 
-Intervals: 10,000 bootstrap resamples of the books (the same resample for every method, so a
-comparison between two methods is paired); perplexity of a resample = exp(total loss / total
-tokens) over its books. Passkey: Wilson 95 % intervals over trials for accuracies, a bootstrap
-over trials for the mean key log-probability.
+Intervals (experiments/stats.py): 10,000 bootstrap resamples of the books (the same resample for
+every method, so a comparison between two methods is paired); perplexity of a resample =
+exp(total loss / total tokens) over its books; comparisons in nats per token (log scale). Verdicts
+by stats.judge's "superior" rule with the claim's margin as both the effect needed and the tie margin.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 
-import numpy as np
+import stats
 
 RESAMPLES = 10_000
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 
 
 def _load(path: str) -> dict:
@@ -39,31 +37,9 @@ def collect(mode: str, out: str) -> dict:
     return {"run": run, "ppl_rows": rows, "passkey_rows": passkey}
 
 
-# ------------------------------------------------------------------------------------------------
-# Statistics
-# ------------------------------------------------------------------------------------------------
-
-
-def resample_indices(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, (RESAMPLES, n))
-
-
-def log_ppl_samples(row: dict, idx: np.ndarray) -> np.ndarray:
-    """Bootstrap samples of log perplexity (mean nats per token) over the row's documents."""
-    nll, tokens = np.asarray(row["document_nll"]), np.asarray(row["document_tokens"], float)
-    return nll[idx].sum(1) / tokens[idx].sum(1)
-
-
-def interval(samples: np.ndarray) -> list[float]:
-    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 1.0]
-    p = successes / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))]
+def _cell(row: dict) -> stats.Cell:
+    """A perplexity row's per-book losses as a bootstrap cell (books are the resampled items)."""
+    return stats.Cell.nll(row["document_nll"], row["document_tokens"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,7 +63,7 @@ def ppl_table(d: dict) -> tuple[str, dict]:
             if r is None:
                 cells.append("")
                 continue
-            lo, hi = interval(np.exp(log_ppl_samples(r, resample_indices(len(r["document_nll"])))))
+            _, lo, hi = stats.paired_bootstrap(_cell(r), resamples=RESAMPLES)
             cells.append(f"{r['ppl']:.2f} [{lo:.2f}, {hi:.2f}]")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(out), rows
@@ -138,9 +114,8 @@ def passkey_table(d: dict) -> str:
 def _paired(rows: dict, a: tuple, b: tuple) -> tuple[float, list[float]]:
     """Paired bootstrap of log ppl(a) - log ppl(b) over the books both rows scored."""
     ra, rb = rows[a], rows[b]
-    idx = resample_indices(len(ra["document_nll"]))
-    diff = log_ppl_samples(ra, idx) - log_ppl_samples(rb, idx)
-    return float(ra["loss"] - rb["loss"]), interval(diff)
+    _, lo, hi = stats.paired_bootstrap(_cell(ra), _cell(rb), resamples=RESAMPLES, scale="log")
+    return float(ra["loss"] - rb["loss"]), [lo, hi]
 
 
 def claims(d: dict, rows: dict) -> list[dict]:
@@ -150,14 +125,7 @@ def claims(d: dict, rows: dict) -> list[dict]:
         if a not in rows or b not in rows:
             return
         effect, (lo, hi) = _paired(rows, a, b)
-        # the interval oriented so that the claimed direction is positive
-        low, high = (lo, hi) if want_positive else (-hi, -lo)
-        if low > margin:
-            verdict = REPRODUCED
-        elif high < margin:
-            verdict = NOT_REPRODUCED
-        else:
-            verdict = INCONCLUSIVE
+        verdict = stats.judge(effect, lo, hi, direction=1 if want_positive else -1, needs=margin, margin=margin)
         out.append({"id": cid, "statement": statement, "rule": rule, "verdict": verdict,
                     "effect": effect, "ci95": [lo, hi], "seeds": 1})
 

@@ -1,34 +1,14 @@
-"""The second edition's pre-registered claims, the regime arithmetic, the paired bootstrap and the
-verdict rules: pure functions of numbers (no JAX, no files), so tests can drive them with
-synthetic data and ``report.py`` can recompute every verdict from the per-document losses.
+"""The second edition's pre-registered claims and the regime arithmetic: pure functions of numbers
+(no JAX, no files), so tests can drive them with synthetic data and ``report.py`` can recompute
+every verdict from the per-document losses.
 
 Everything a verdict depends on is fixed here, before the run: the statement, the comparison
 (which cells, at which length, on which corpus), the effect size it needs and the tie margin.
 
-Effects. A perplexity comparison "A vs B" is the relative change exp(loss_A - loss_B) - 1, with
-loss the token-weighted mean negative log-likelihood over the same documents (and, for
-fine-tuned models, averaged over the same seeds): -0.05 means A's perplexity is 5 % lower. A
-passkey comparison is a difference of means over the same trials (accuracy in [0, 1], or the
-key's log-probability margin in nats).
-
-Intervals. Paired bootstrap, 95 % percentile interval: each resample draws documents (or passkey
-trials) with replacement, the same draw for every cell of the comparison, and, for fine-tuned
-cells, seeds with replacement (seed i of one method is paired with seed i of the other: they saw
-the same batches in the same order).
-
-Rules (``judge``). With e the effect signed so that the claimed direction is positive, [lo, hi]
-its interval in that orientation, ``needs`` the effect the claim needs and ``margin`` the tie margin:
-- superior (the claim says A is better/worse than B):
-  reproduced if lo > margin and e >= needs; not reproduced if hi < needs; otherwise inconclusive.
-  (When needs = margin: reproduced when the whole interval clears the tie margin, not reproduced
-  when the whole interval stays below it, i.e. a tie or the other direction.)
-- noninferior (the claim says A is no worse than B): reproduced if lo > -margin; not reproduced if
-  hi < -margin; otherwise inconclusive.
-A claim with several parts: reproduced if every part is; not reproduced if none is and at least one
-is not reproduced; partly reproduced if some parts are reproduced and some are not; otherwise
-inconclusive. A claim whose precondition fails (C8: the pretrained model must retrieve within L)
-is inconclusive whatever its parts say. The headline effect and interval of a claim are its first
-part's.
+Effects, intervals and verdict rules are the shared ones of ``experiments/stats.py`` (relative
+perplexity change, paired bootstrap over documents and seeds, ``judge`` and ``combine``). The
+headline effect and interval of a claim are its first part's; a claim whose precondition fails (C8:
+the pretrained model must retrieve within L) is inconclusive whatever its parts say.
 """
 
 from __future__ import annotations
@@ -36,10 +16,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 
-REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "partly reproduced", "not reproduced", "inconclusive"
-VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE)
+from stats import (  # noqa: F401  (re-exported: report.py and the tests read them as claims.*)
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    PARTLY,
+    REPRODUCED,
+    VERDICTS,
+    Cell,
+    combine,
+    effect_of,
+    judge,
+    paired_bootstrap,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,136 +60,6 @@ def band_shares(L: int, base: float, alpha: float, beta: float) -> tuple[float, 
     kept = max(0.0, math.log(L / (2 * math.pi * beta)) / math.log(base))
     interpolated = max(0.0, 1 - math.log(L / (2 * math.pi * alpha)) / math.log(base))
     return kept, 1 - kept - interpolated, interpolated
-
-
-# ------------------------------------------------------------------------------------------------
-# Cells and the paired bootstrap
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Cell:
-    """One measured thing, per seed and per document (or trial): ``values`` [seeds, items] summed
-    negative log-likelihood (kind "nll", with ``weights`` the token counts) or per-trial values
-    (kind "mean": accuracy 0/1, log-probability margins; ``weights`` ones)."""
-
-    values: np.ndarray
-    weights: np.ndarray
-    kind: str = "nll"
-
-    @staticmethod
-    def nll(nll, tokens) -> "Cell":
-        return Cell(np.atleast_2d(np.asarray(nll, np.float64)), np.atleast_2d(np.asarray(tokens, np.float64)), "nll")
-
-    @staticmethod
-    def mean(values) -> "Cell":
-        values = np.atleast_2d(np.asarray(values, np.float64))
-        return Cell(values, np.ones_like(values), "mean")
-
-    def minus(self, other: "Cell") -> "Cell":
-        """Per item, this cell's sums less ``other``'s (the tokens of a longer window past a shorter
-        one's: with a prefix-exact rope, nll(2L) - nll(L) is the loss of the tokens past L)."""
-        return Cell(self.values - other.values, self.weights - other.weights, self.kind)
-
-    @property
-    def seeds(self) -> int:
-        return self.values.shape[0]
-
-    @property
-    def items(self) -> int:
-        return self.values.shape[1]
-
-
-def _statistic(cell: Cell, seed_counts: np.ndarray, item_counts: np.ndarray) -> np.ndarray:
-    """Per resample: the token-weighted mean loss (nll) or the mean (mean) of the drawn seeds and
-    items; counts are [B, seeds] and [B, items] multiplicities."""
-    num = np.einsum("bs,si,bi->b", seed_counts, cell.values, item_counts)
-    den = np.einsum("bs,si,bi->b", seed_counts, cell.weights, item_counts)
-    return num / den
-
-
-def effect_of(a: Cell, b: Cell | None, seed_counts=None, item_counts=None) -> np.ndarray | float:
-    """A vs B: exp(loss_A - loss_B) - 1 for nll cells, mean_A - mean_B for mean cells; with ``b``
-    None, A's own mean (nll: exp(loss) - 1 is not meaningful, so A's perplexity)."""
-    single = seed_counts is None
-    if single:
-        seed_counts = np.ones((1, a.seeds))
-        item_counts = np.ones((1, a.items))
-    sa = _statistic(a, seed_counts, item_counts)
-    if b is None:
-        out = np.exp(sa) if a.kind == "nll" else sa
-    else:
-        sb = _statistic(b, seed_counts if b.seeds == a.seeds else np.ones((len(seed_counts), b.seeds)), item_counts)
-        out = np.expm1(sa - sb) if a.kind == "nll" else sa - sb
-    return float(out[0]) if single else out
-
-
-def _counts(rng: np.random.Generator, resamples: int, n: int) -> np.ndarray:
-    draws = rng.integers(0, n, size=(resamples, n))
-    counts = np.zeros((resamples, n))
-    np.add.at(counts, (np.arange(resamples)[:, None], draws), 1)
-    return counts
-
-
-def paired_bootstrap(a: Cell, b: Cell | None = None, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(effect, lo, hi): the effect of A vs B on all the data and its 95 % percentile interval
-    over ``resamples`` paired resamples of items (and of seeds, when cells have several; cells
-    with different seed counts resample their seeds independently)."""
-    if b is not None and a.items != b.items:
-        raise ValueError(f"paired cells need the same items; got {a.items} and {b.items}")
-    rng = np.random.default_rng(seed)
-    items = _counts(rng, resamples, a.items)
-    seeds_a = _counts(rng, resamples, a.seeds) if a.seeds > 1 else np.ones((resamples, 1))
-    point = effect_of(a, b)
-    if b is None:
-        boot = effect_of(a, None, seeds_a, items)
-    elif b.seeds == a.seeds:
-        boot = effect_of(a, b, seeds_a, items)
-    else:
-        seeds_b = _counts(rng, resamples, b.seeds) if b.seeds > 1 else np.ones((resamples, 1))
-        sa, sb = _statistic(a, seeds_a, items), _statistic(b, seeds_b, items)
-        boot = np.expm1(sa - sb) if a.kind == "nll" else sa - sb
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(point), float(lo), float(hi)
-
-
-# ------------------------------------------------------------------------------------------------
-# Rules
-# ------------------------------------------------------------------------------------------------
-
-
-def judge(effect: float, lo: float, hi: float, *, direction: int, needs: float, margin: float,
-          kind: str = "superior") -> str:
-    """The verdict of one comparison (see the module docstring). ``direction`` +1 when the claim
-    says the effect is positive (A's perplexity higher / accuracy higher), -1 when negative."""
-    e = direction * effect
-    lo_, hi_ = sorted((direction * lo, direction * hi))
-    if kind == "superior":
-        if lo_ > margin and e >= needs:
-            return REPRODUCED
-        if hi_ < needs:
-            return NOT_REPRODUCED
-        return INCONCLUSIVE
-    if kind == "noninferior":
-        if lo_ > -margin:
-            return REPRODUCED
-        if hi_ < -margin:
-            return NOT_REPRODUCED
-        return INCONCLUSIVE
-    raise ValueError(f"kind: superior or noninferior; got {kind!r}")
-
-
-def combine(verdicts: list[str], precondition: bool = True) -> str:
-    """A claim's verdict from its parts' (module docstring)."""
-    if not precondition or not verdicts:
-        return INCONCLUSIVE
-    if all(v == REPRODUCED for v in verdicts):
-        return REPRODUCED
-    if any(v == REPRODUCED for v in verdicts) and any(v == NOT_REPRODUCED for v in verdicts):
-        return PARTLY
-    if any(v == NOT_REPRODUCED for v in verdicts) and not any(v == REPRODUCED for v in verdicts):
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
 
 
 # ------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this study's modules, then the shared ones (stats, common)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 import claims as claims_lib  # noqa: E402
