@@ -26,7 +26,13 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared experiments modules
+from common import cpu_description  # noqa: E402
+
 HEADS, KV_HEADS, HEAD_DIM = 8, 2, 64
+# The kernels compared here are CPU kernels (flash_cpu, XLA's CPU attention, PyTorch's CPU sdpa):
+# the CPU platform is what this benchmark measures, so its children run there whatever else exists.
+CPU_ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
 def _measure(kernel: str, length: int, repeats: int, max_gib: float) -> dict:
@@ -125,18 +131,6 @@ def _measure_forward(kernel: str, dtype: str, length: int, batch: int, heads: in
     return row
 
 
-def _cpu_model() -> str:
-    """The CPU's name and the vector extensions the kernels care about, from /proc/cpuinfo."""
-    try:
-        lines = open("/proc/cpuinfo").read().splitlines()
-    except OSError:
-        return "unknown CPU"
-    name = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), "unknown CPU")
-    flags = set(next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), []))
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(have) or 'no AVX2'})"
-
-
 def forward_table(rows: list[dict], batch: int, heads: int, head_dim: int) -> str:
     lines = ["| dtype | T | flash_cpu (ms) | torch sdpa (ms) | torch / flash_cpu | flash_cpu GFLOP/s | flash_cpu path |",
              "|---|---:|---:|---:|---:|---:|---|"]
@@ -170,8 +164,7 @@ def _forward_only(args) -> None:
             for kernel in kernels:
                 command = [sys.executable, __file__, "--child-forward", kernel, dtype, str(length), *shape,
                            str(args.repeats)]
-                env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-                done = subprocess.run(command, capture_output=True, text=True, env=env)
+                done = subprocess.run(command, capture_output=True, text=True, env=CPU_ENV)
                 if done.returncode != 0:
                     tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
                     rows.append({"kernel": kernel, "dtype": dtype, "seq_len": length,
@@ -180,18 +173,17 @@ def _forward_only(args) -> None:
                     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\nAttention forward (causal), B={args.batch}, H={args.heads}, KV={args.kv_heads}, D={args.head_dim}, "
-          f"median of {args.repeats}; {_cpu_model()}, {os.cpu_count()} CPU cores\n")
+          f"median of {args.repeats}; {cpu_description()}\n")
     print(forward_table(rows, args.batch, args.heads, args.head_dim))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "batch": args.batch, "heads": args.heads, "kv_heads": args.kv_heads,
-                       "head_dim": args.head_dim, "cpu": _cpu_model()}, f, indent=2)
+                       "head_dim": args.head_dim, "cpu": cpu_description()}, f, indent=2)
 
 
 def _run_child(kernel: str, length: int, repeats: int, max_gib: float) -> dict:
     command = [sys.executable, __file__, "--child", kernel, str(length), str(repeats), str(max_gib)]
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=CPU_ENV)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"kernel": kernel, "seq_len": length, "skipped": f"failed (exit {done.returncode}): {tail[0][:80]}"}

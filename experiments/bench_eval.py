@@ -42,12 +42,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared experiments modules
+from common import cpu_description  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(ROOT, "runs", "bench_eval", "smollm2")
@@ -59,22 +61,6 @@ WARM_UP_UP_TO = 8192
 FULL_LENGTHS = (4096, 8192, 16384, 32768)
 RULER_TASKS = ("niah_single_1", "niah_multikey_2", "vt", "cwe")  # haystacks that need no --data
 RULER_SAMPLES = len(RULER_TASKS)
-
-
-def cpu_description() -> str:
-    """'model name (cores; avx512f, avx512_bf16, amx_bf16)': what decides CPU speed here."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model} ({os.cpu_count()} cores; {', '.join(wanted) or 'no AVX-512'})"
 
 
 def ensure_model() -> str:
@@ -320,6 +306,7 @@ def torch_ruler(model, tokenizer, length: int) -> dict:
 def run_child(side: str, task: str, dtype: str, length: int) -> dict:
     """One side of one row in a fresh process: its last stdout line as JSON, or {"error": ...}."""
     done = subprocess.run([sys.executable, __file__, "--child", side, task, dtype, str(length)], cwd=ROOT,
+                          # both sides on the CPU: the comparison is with PyTorch on the same cores
                           capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 
@@ -34,6 +32,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import corpus  # noqa: E402
+from common import run_command  # noqa: E402
 
 L = 8192  # SmolLM2's trained context
 BOOK = "doyle_sherlock_holmes.txt"
@@ -43,10 +42,7 @@ ROPES = {"none": "none",
 
 
 def run(command: list[str]) -> None:
-    print("$ " + shlex.join(command), flush=True)
-    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
-    if done.returncode:
-        raise SystemExit(f"command failed ({done.returncode}): {shlex.join(command)}")
+    run_command(command)  # on the platform JAX finds: the demo's sizes fit 2 CPU cores, and any accelerator
 
 
 def smollm2_gguf() -> str:

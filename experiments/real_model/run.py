@@ -30,17 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import corpus  # noqa: E402
+from common import CommandLog, machine, run_command  # noqa: E402
 
 L = 8192
 SETTINGS = {
@@ -80,29 +77,10 @@ LONG_METHODS = ("yarn s=4", "dynamic_yarn")  # the best at 16k, taken on to 32k
 PASSKEY_METHODS = ("none", "linear s=2", "yarn s=2", "dynamic_yarn")
 
 
-def run(command: list[str], log: list) -> None:
-    """Runs one of the package's commands and records its wall time. A command whose --json output
-    exists already is not rerun (an interrupted study resumes where it stopped); its time is kept."""
-    output = command[command.index("--json") + 1] if "--json" in command else ""
-    if output and os.path.exists(output):
-        done_before = os.path.splitext(output)[0] + ".seconds"
-        seconds = None
-        if os.path.exists(done_before):
-            with open(done_before) as f:
-                seconds = float(f.read())
-        print(f"$ {shlex.join(command)}  # done before ({output} exists)", flush=True)
-        log.append({"command": shlex.join(command), "seconds": seconds})
-        return
-    print("$ " + shlex.join(command), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
-    seconds = round(time.perf_counter() - start, 1)
-    log.append({"command": shlex.join(command), "seconds": seconds})
-    if done.returncode != 0:
-        raise SystemExit(f"command failed ({done.returncode}): {shlex.join(command)}")
-    if output:
-        with open(os.path.splitext(output)[0] + ".seconds", "w") as f:
-            f.write(str(seconds))
+def run(command: list[str], log: CommandLog) -> None:
+    """One of the package's commands, timed; a command whose --json output exists already is not
+    rerun (an interrupted study resumes where it stopped; its time is kept beside the output)."""
+    run_command(command, log, output=command[command.index("--json") + 1] if "--json" in command else None)
 
 
 def smollm2_gguf() -> str:
@@ -115,7 +93,7 @@ def smollm2_gguf() -> str:
 
 
 def pipeline(mode: str, p: dict, work: str, out: str, dtype: str = "auto") -> None:
-    py, log = sys.executable, []
+    py, log = sys.executable, CommandLog()
     model = os.path.join(work, "smollm2")
     if not os.path.exists(os.path.join(model, "config.json")):
         run([py, "-m", "yarn_jax.convert", "gguf-to-hf", "--gguf", smollm2_gguf(), "--out", model], log)
@@ -150,19 +128,11 @@ def pipeline(mode: str, p: dict, work: str, out: str, dtype: str = "auto") -> No
 
     with open(f"{prefix}_ppl.json") as f:
         dtype = json.load(f).get("dtype", dtype)  # what "auto" chose on this machine
-    summary = {"mode": mode, "settings": p, "L": L, "dtype": dtype, "methods": named, "commands": log,
-               "wall_seconds": round(sum(c["seconds"] or 0 for c in log), 1),  # resumed commands included
-               "machine": platform.platform(),
-               "cpu": _cpu(), "cpu_count": os.cpu_count()}
+    summary = {"mode": mode, "settings": p, "L": L, "dtype": dtype, "methods": named, "commands": log.commands,
+               "wall_seconds": round(sum(c["seconds"] or 0 for c in log.commands), 1),  # resumed commands included
+               **machine()}
     with open(f"{prefix}_run.json", "w") as f:
         json.dump(summary, f, indent=2)
-
-
-def _cpu() -> str:
-    sys.path.insert(0, os.path.dirname(HERE))
-    import bench_eval
-
-    return bench_eval.cpu_description()
 
 
 def main(argv=None) -> None:

@@ -38,9 +38,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 
@@ -49,6 +47,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this study's modules, then the s
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 import claims as claims_lib  # noqa: E402
+from common import CommandLog, machine, run_command, shown  # noqa: E402
 import corpora  # noqa: E402
 import report  # noqa: E402
 
@@ -131,46 +130,26 @@ def finetune_ropes(p) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-class Log:
-    """Every command with its wall time (written into the results)."""
-
-    def __init__(self):
-        self.commands, self.start = [], time.perf_counter()
-
-    def add(self, command: str, seconds: float, stage: str) -> None:
-        self.commands.append({"command": command, "seconds": round(seconds, 1), "stage": stage})
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-
 def rel(path: str) -> str:
     return os.path.relpath(path, ROOT)
 
 
-def train(args: list[str], log: Log, stage: str) -> None:
-    command = [sys.executable, "-m", "yarn_jax.train", "--config", "configs/tiny_stdlib.py", *args]
-    shown = shlex.join(["python", *command[1:]]).replace(ROOT + os.sep, "")
-    print(f"\n$ {shown}", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
-    log.add(shown, time.perf_counter() - start, stage)
-    if done.returncode != 0:
-        raise SystemExit(f"command failed ({done.returncode}): {shown}")
+def train(args: list[str], log: CommandLog, stage: str) -> None:
+    run_command(["python", "-m", "yarn_jax.train", "--config", "configs/tiny_stdlib.py", *args], log, stage)
 
 
-def evaluate(argv: list[str], out: str, log: Log, stage: str) -> list[dict]:
+def evaluate(argv: list[str], out: str, log: CommandLog, stage: str) -> list[dict]:
     """``python -m yarn_jax.evaluate ARGV --json OUT`` run in this process (the same code path as the
     command, without a new interpreter per call); skipped when OUT exists (a resumed run)."""
     argv = [*argv, "--json", out]
-    shown = shlex.join(["python", "-m", "yarn_jax.evaluate", *argv]).replace(ROOT + os.sep, "")
+    text = shown(["python", "-m", "yarn_jax.evaluate", *argv])
     if not os.path.exists(out):
         from yarn_jax import evaluate as evaluate_lib
 
-        print(f"\n$ {shown}", flush=True)
+        print(f"\n$ {text}", flush=True)
         start = time.perf_counter()
         evaluate_lib.run(evaluate_lib.build_parser().parse_args(argv))
-        log.add(shown, time.perf_counter() - start, stage)
+        log.add(text, time.perf_counter() - start, stage)
     with open(out) as f:
         return json.load(f)["results"]
 
@@ -215,7 +194,7 @@ def finetune_args(p, workdir: str, init: str, source: str, rope: str, seed: int,
             "--config.eval.lengths=", "--config.log_every=10"]
 
 
-def run_pipeline(mode: str, p: dict, work: str, log: Log) -> dict:
+def run_pipeline(mode: str, p: dict, work: str, log: CommandLog) -> dict:
     """Runs (or resumes) everything; returns the raw measurements (``documents``)."""
     L, s = p["L"], p["scale"]
     settings = _pin_settings(work, p)
@@ -292,7 +271,7 @@ def _keep(cells: dict, prefix: str, rows: list[dict], labels: dict) -> None:
 
 
 def _zero_shot(p: dict, pretrain: str, files: dict, corpus_names: list[str], lengths: list[int], evals: str,
-               log: Log, cells: dict) -> dict:
+               log: CommandLog, cells: dict) -> dict:
     """Every fixed rope at every length and the dynamic ones past L, per corpus, plus C1's windows;
     returns the fixed ropes (label -> SPEC)."""
     L = p["L"]
@@ -321,7 +300,7 @@ def _zero_shot(p: dict, pretrain: str, files: dict, corpus_names: list[str], len
     return fixed
 
 
-def _fine_tuning_step0(p: dict, pretrain: str, files: dict, evals: str, log: Log) -> dict:
+def _fine_tuning_step0(p: dict, pretrain: str, files: dict, evals: str, log: CommandLog) -> dict:
     """C6's step 0: each fine-tuning rope on the fine-tuning runs' own validation documents.
     Returns the curves, per method, to which each fine-tune adds its seeds."""
     ft_ropes = finetune_ropes(p)
@@ -338,7 +317,7 @@ def _fine_tuning_step0(p: dict, pretrain: str, files: dict, evals: str, log: Log
 
 
 def _fine_tune(p: dict, m: str, seed: int, work: str, pretrain: str, files: dict, corpus_names: list[str],
-               lengths: list[int], evals: str, log: Log, cells: dict) -> str:
+               lengths: list[int], evals: str, log: CommandLog, cells: dict) -> str:
     """One fine-tune (method ``m``, ``seed``), run or resumed, then evaluated under its own rope and,
     past s*L, its matched dynamic variant; YaRN's also at N/2.5 steps (C6). Returns its workdir."""
     L, s = p["L"], p["scale"]
@@ -374,7 +353,7 @@ def _minus(a: dict, b: dict) -> tuple[list, list]:
             [x - y for x, y in zip(a["document_tokens"], b["document_tokens"])])
 
 
-def passkey_cell(checkpoint: str, rope: str | None, lengths: list[int], p: dict, evals: str, name: str, log: Log,
+def passkey_cell(checkpoint: str, rope: str | None, lengths: list[int], p: dict, evals: str, name: str, log: CommandLog,
                  check_generation: bool = False) -> list[dict]:
     import passkey
 
@@ -436,7 +415,7 @@ def measure_rates(p: dict, work: str) -> dict:
     one evaluation at the longest length and one passkey cell (a scratch workdir, deleted after)."""
     scratch = os.path.join(work, "estimate")
     shutil.rmtree(scratch, ignore_errors=True)
-    log = Log()
+    log = CommandLog()
     data = os.path.join(scratch, "data")
     books = BOOKS if os.path.isdir(BOOKS) else None
     manifest = corpora.build(data, L=p["L"], eval_length=max(lengths_of(p, p["multiples"])), eval_docs=8,
@@ -481,7 +460,7 @@ def rates_from_pretraining(p: dict, workdir: str) -> dict:
     return {"train_L": train_L, "train_sL": 0.8 * train_L, "eval": 2.2 * train_L, "startup": 15.0}
 
 
-def progress(log: Log, stage: str, p: dict, rates: dict | None = None, books: bool = True) -> None:
+def progress(log: CommandLog, stage: str, p: dict, rates: dict | None = None, books: bool = True) -> None:
     text = f"\n[{log.elapsed() / 60:.1f} min] {stage} done"
     if rates:
         parts = estimate(p, rates, books)
@@ -522,10 +501,10 @@ def main(argv=None) -> None:
         return
 
     if not args.report_only:
-        log = Log()
+        log = CommandLog()
         documents = run_pipeline(mode, p, work, log)
-        documents.update(commands=log.commands, wall_seconds=round(log.elapsed(), 1), machine=platform.platform(),
-                         cpu_count=os.cpu_count(), workload=workload(p, books))
+        documents.update(commands=log.commands, wall_seconds=round(log.elapsed(), 1), **machine(),
+                         machine=platform.platform(), workload=workload(p, books))
         with open(documents_path, "w") as f:
             json.dump(documents, f)
     with open(documents_path) as f:

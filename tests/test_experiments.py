@@ -1,4 +1,5 @@
-"""experiments/stats.py: the bootstrap every study's intervals come from."""
+"""The experiments' shared base: stats.py (the bootstrap every study's intervals come from) and
+common.py (how a study runs the package's commands and records where it ran)."""
 
 import os
 import sys
@@ -8,6 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
+import common  # noqa: E402
 import stats  # noqa: E402
 
 
@@ -35,3 +37,23 @@ def test_wilson_interval():
     assert stats.wilson(0, 0) == [0.0, 1.0]
     lo, hi = stats.wilson(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)  # the textbook values
+
+
+def test_run_command_records_its_time_and_resumes_from_its_output(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    command = ["python", "-c", f"import time; time.sleep(0.2); open({str(out)!r}, 'w').write('{{}}')"]
+    log = common.CommandLog()
+    first = common.run_command(command, log, stage="eval", output=str(out))
+    assert first["command"].startswith("python -c ") and 0.2 <= first["seconds"] < 30
+    assert (tmp_path / "result.seconds").read_text() == str(first["seconds"])
+    again = common.run_command(command, log, stage="eval", output=str(out))  # its output exists: not rerun
+    assert again == first and "done before" in capsys.readouterr().out
+    assert log.commands == [dict(first, stage="eval")] * 2
+    with pytest.raises(SystemExit, match="command failed \\(3\\): python -c"):
+        common.run_command(["python", "-c", "raise SystemExit(3)"])
+
+
+def test_machine_records_the_platform_jax_runs_on():
+    record = common.machine()
+    assert record["platform"] in ("cpu", "gpu", "tpu") and record["device_kind"] and record["devices"] >= 1
+    assert "cores" in record["cpu"]
