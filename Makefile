@@ -72,7 +72,7 @@ constraints: $(STAMP)
 small-scale: $(STAMP)
 	$(PY) experiments/small_scale/run.py --quick
 
-# The real-model study behind the README's results (experiments/results/real_model.md).
+# The real-model study behind the README's results (experiments/real_model/results/real_model.md).
 study: $(STAMP) corpus
 	$(PY) experiments/real_model/run.py
 

@@ -183,7 +183,7 @@ def test_7b_recipe_without_a_checkpoint_says_how_to_point_at_one(refusals):
 
 
 # Every config whose :runlocal trains a tiny random model (smollm2_yarn_32k's runlocal trains the real
-# 135M model at 16k tokens for minutes: run by hand, its step time is in experiments/results/bench.md).
+# 135M model at 16k tokens for minutes: run by hand, its step time is in experiments/benchmarks/results/bench.md).
 # yarn_32k's runlocal runs on 8 devices in test_cli (the card's command); yarn_64k's, ntk_32k's and
 # pi_32k's are that program with another rope (each rope is checked against transformers in
 # test_rope). The rest each run here (test_cli validates every config on 1-8 devices).

@@ -46,7 +46,7 @@ from yarn_jax import sharding
 
 IMPLEMENTATIONS = ("xla", "chunked", "flash_cpu", "cudnn", "splash", "auto")
 _NEG = -1e30  # finite "minus infinity": keeps exp() and max() NaN-free on fully masked rows
-# chunked attention's default block: across the CPU shapes probed (experiments/results/bench.md,
+# chunked attention's default block: across the CPU shapes probed (experiments/benchmarks/results/bench.md,
 # block size section) it was never far from the best, while smaller and larger blocks each lost
 # badly at one end of the range.
 DEFAULT_BLOCK_SIZE = 256

@@ -6,7 +6,7 @@ every score tile of every (batch, head) leaves the cache between ops; the fused 
 64-query tile (of all the query heads that share a kv head, with AVX-512) in cache from QK^T
 through the online softmax to PV, and its backward recomputes each tile pair once for dQ, dK and
 dV (FlashAttention-2). How it compares with ``chunked`` and PyTorch's CPU flash kernel:
-experiments/results/bench.md (bench_attention.py; ``--forward-only`` for the forward alone).
+experiments/benchmarks/results/bench.md (bench_attention.py; ``--forward-only`` for the forward alone).
 
 Precision: float32 throughout, and 16-bit inputs are cast to float32, except that bfloat16
 q/k/v on a CPU with AMX (and an OS that grants it, see ``native_bf16``) run a native bfloat16

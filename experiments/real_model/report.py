@@ -1,6 +1,6 @@
 """The real-model study's write-up, from the files run.py wrote (pure functions of them):
 tables with bootstrap intervals over books, paired comparisons, the claims with the rules written
-before the run, plots, experiments/results/real_model.md and real_model.json.
+before the run, plots, experiments/real_model/results/real_model.md and real_model.json.
 
 Intervals (experiments/stats.py): 10,000 bootstrap resamples of the books (the same resample for
 every method, so a comparison between two methods is paired); perplexity of a resample =

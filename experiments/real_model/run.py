@@ -138,13 +138,13 @@ def pipeline(mode: str, p: dict, work: str, out: str, dtype: str = "auto") -> No
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", help="default experiments/results (full) or demo_out (quick)")
+    parser.add_argument("--out", help="default experiments/real_model/results (full) or demo_out (quick)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="default auto: bfloat16 where the CPU computes it natively, else float32")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    out = os.path.abspath(args.out or os.path.join(ROOT, "demo_out" if args.quick else "experiments/results"))
+    out = os.path.abspath(args.out or os.path.join(ROOT, "demo_out" if args.quick else "experiments/real_model/results"))
     work = os.path.join(ROOT, "runs", "real_model")
     os.makedirs(out, exist_ok=True)
     if not args.report_only:

@@ -27,7 +27,7 @@ Pipeline (every choice drawn by a seed, every command recorded):
    Each is evaluated under its own rope at L/2 .. 8L and under its matched dynamic variant
    (s = max(4, l'/L)) past s*L, on both corpora.
 5. Passkey with a control key (``passkey.py``) at L, 2L, s*L: pretrained and every fine-tuned model.
-6. Verdicts (``claims.py``), ``experiments/results/small_scale.json`` (claims and tables),
+6. Verdicts (``claims.py``), ``experiments/small_scale/results/small_scale.json`` (claims and tables),
    ``small_scale_documents.json`` (every per-document / per-trial number) and the report
    (``report.py``).
 """
@@ -481,12 +481,12 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="recompute verdicts and rebuild the report from the results' documents file")
     parser.add_argument("--workdir", default=None, help="default runs/small_scale[_quick]")
-    parser.add_argument("--out", default=None, help="default experiments/results (full) or demo_out (quick)")
+    parser.add_argument("--out", default=None, help="default experiments/small_scale/results (full) or demo_out (quick)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     p = SETTINGS[mode]
     work = os.path.abspath(args.workdir or os.path.join(ROOT, "runs", "small_scale" if mode == "full" else "small_scale_quick"))
-    out = os.path.abspath(args.out or os.path.join(ROOT, "experiments/results" if mode == "full" else "demo_out"))
+    out = os.path.abspath(args.out or os.path.join(ROOT, "experiments/small_scale/results" if mode == "full" else "demo_out"))
     os.makedirs(out, exist_ok=True)
     name = "small_scale" if mode == "full" else "small_scale_quick"
     documents_path = os.path.join(out, f"{name}_documents.json")
@@ -520,7 +520,7 @@ def main(argv=None) -> None:
         print(f"  {c['id']:<3} {c['verdict']:<18} {report.fmt_effect(c):<28} {label}")
     if mode == "quick":
         print("\n(quick mode: a tiny model trained for a few dozen steps, 1 seed, 8 documents: a smoke run of the "
-              "pipeline, not evidence; the full run's verdicts are in experiments/results/small_scale.md)")
+              "pipeline, not evidence; the full run's verdicts are in experiments/small_scale/results/small_scale.md)")
     print(f"\nresults {rel(results_path)}; report {', '.join(rel(x) for x in paths)}; "
           f"wall time {documents.get('wall_seconds', 0) / 60:.1f} min")
 

@@ -1,12 +1,12 @@
 """Which TPU slice each training recipe fits: `python -m yarn_jax.plan` for every recipe x slice,
 compiled on this host for the real TPU topology (libtpu, ahead of time; nothing runs).
 
-    python experiments/plan_recipes.py [--configs yarn_32k,yarn_64k,...] [--slices v2-8,v4-8,...]
-                                       [--json experiments/results/plan_recipes.json]
+    python experiments/benchmarks/plan_recipes.py [--configs yarn_32k,yarn_64k,...] [--slices v2-8,v4-8,...]
+                                       [--json experiments/benchmarks/results/plan_recipes.json]
 
 Each (config, slice) runs `python -m yarn_jax.plan --config configs/C.py --topology S --json ...` in
 its own process; the JSON is saved after each one (a stopped run resumes where it stopped) and
-the markdown table (experiments/results/plan_recipes.md) is rendered from it.
+the markdown table (experiments/benchmarks/results/plan_recipes.md) is rendered from it.
 pi_32k and ntk_32k have yarn_32k's shapes (only the rope differs, which changes no array) and
 yarn_128k has yarn_64k's (64k-token sequences): their rows are the same programs.
 """
@@ -22,7 +22,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 CONFIGS = ("yarn_32k", "yarn_64k", "smollm2_yarn_32k", "tiny_stdlib")
 SLICES = ("v2-8", "v4-8", "v5e-8", "v5p-8", "v6e-8", "v4-32")
 GIB = 2**30
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--slices", default=",".join(SLICES))
-    parser.add_argument("--json", default=os.path.join(ROOT, "experiments", "results", "plan_recipes.json"))
+    parser.add_argument("--json", default=os.path.join(ROOT, "experiments", "benchmarks", "results", "plan_recipes.json"))
     args = parser.parse_args(argv)
     rows = []
     if os.path.exists(args.json):
@@ -85,11 +85,11 @@ def main(argv=None) -> None:
             order = {(c, s): i for i, (c, s) in enumerate((c, s) for c in CONFIGS for s in SLICES)}
             rows.sort(key=lambda r: order.get((r["config"], r["topology"]), len(order)))
             with open(args.json + ".tmp", "w") as f:
-                json.dump({"command": "python experiments/plan_recipes.py", "rows": rows}, f, indent=2)
+                json.dump({"command": "python experiments/benchmarks/plan_recipes.py", "rows": rows}, f, indent=2)
             os.replace(args.json + ".tmp", args.json)
     markdown = os.path.splitext(args.json)[0] + ".md"
     with open(markdown, "w") as f:
-        f.write("# Which TPU slice each recipe fits\n\n`python experiments/plan_recipes.py` (compiled on a CPU host "
+        f.write("# Which TPU slice each recipe fits\n\n`python experiments/benchmarks/plan_recipes.py` (compiled on a CPU host "
                 "for each TPU topology with libtpu; XLA's memory plan per device). pi_32k and ntk_32k compile to "
                 "yarn_32k's program, yarn_128k to yarn_64k's. Planned on 2026-12-07, when the 7B recipes had "
                 "`grad_accum=1`; they now default to the v5p-8 setting found here (8 micro-batches at 32k, 16 "

@@ -1,7 +1,7 @@
 """Where a training step's time goes: one step of bench_train's model under jax.profiler, its
 XLA ops grouped by kind.
 
-    python experiments/profile_train_step.py [--size 58M] [--seq-len 1024] [--attention auto]
+    python experiments/benchmarks/profile_train_step.py [--size 58M] [--seq-len 1024] [--attention auto]
                                              [--trace-dir DIR] [--top 15]
 
 Runs the trainer's step (the one bench_train.py times) twice to compile and warm up, then traces

@@ -1,7 +1,7 @@
 """What the frequency transform costs: training-step time under default, yarn, dynamic and
 dynamic_yarn, and the cos/sin computation alone as a fraction of a step.
 
-    python experiments/bench_rope.py [--quick] [--json PATH] [--seq-len 1024 --batch 4 --steps 5]
+    python experiments/benchmarks/bench_rope.py [--quick] [--json PATH] [--seq-len 1024 --batch 4 --steps 5]
 
 The model is the small-scale experiment's (byte vocabulary, 4 layers, d_model 256, 4 heads),
 extended from L = 256 by s = 4, trained at s*L = 1024 with the trainer's step. The stand-alone

@@ -3,8 +3,8 @@ on meshes with fsdp, tensor and context axes (cuDNN flash attention, in shard_ma
 recipe's train step with its memory per GPU. Nothing runs.
 
     pip install "jax[cuda12]==<the installed jax version>"    # the CUDA plugin (~5.5 GB); not in `make`
-    python experiments/gpu_compile_check.py [--recipe configs/yarn_32k.py] [--set grad_accum=8 ...]
-                                            [--json experiments/results/gpu_compile_check.json]
+    python experiments/benchmarks/gpu_compile_check.py [--recipe configs/yarn_32k.py] [--set grad_accum=8 ...]
+                                            [--json experiments/benchmarks/results/gpu_compile_check.json]
 
 JAX compiles for GPUs it does not have when the topology names them: ``get_topology_desc(platform=
 "cuda", target_config=TEXT, topology="1x1x8")`` with a ``GpuTargetConfig`` describing the device
@@ -24,7 +24,7 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the GPU topology; run nothing here
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 MESHES = ({"fsdp": 8}, {"fsdp": 4, "tensor": 2}, {"data": 4, "context": 2})
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     parser.add_argument("--recipe", default=os.path.join(ROOT, "configs", "yarn_32k.py"))
     parser.add_argument("--set", action="append", default=["grad_accum=2"],
                         help="config override KEY=VALUE (repeatable; default grad_accum=2, the nearest that fits 8 H100s)")
-    parser.add_argument("--json", default=os.path.join(ROOT, "experiments", "results", "gpu_compile_check.json"))
+    parser.add_argument("--json", default=os.path.join(ROOT, "experiments", "benchmarks", "results", "gpu_compile_check.json"))
     args = parser.parse_args(argv)
     try:
         devices = h100_devices()

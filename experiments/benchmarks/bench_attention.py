@@ -1,7 +1,7 @@
 """Attention forward+backward: peak memory and time vs sequence length, flash_cpu vs chunked vs xla vs torch sdpa.
 
-    python experiments/bench_attention.py [--quick] [--json PATH] [--lengths 2048,4096,...]
-    python experiments/bench_attention.py --forward-only [--batch 1 --heads 9 --kv-heads 3 --head-dim 64]
+    python experiments/benchmarks/bench_attention.py [--quick] [--json PATH] [--lengths 2048,4096,...]
+    python experiments/benchmarks/bench_attention.py --forward-only [--batch 1 --heads 9 --kv-heads 3 --head-dim 64]
         [--lengths 4096,16384] [--dtypes float32,bfloat16] [--repeats 3] [--json PATH]
 
 Each (kernel, length) runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared experiments modules
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the shared experiments modules
 from common import cpu_description  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 8, 2, 64

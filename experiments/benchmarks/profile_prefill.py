@@ -1,6 +1,6 @@
 """Memory (and time) of prefilling one long prompt on the real model, in one pass vs in chunks.
 
-    python experiments/profile_prefill.py [--length 32768] [--dtype float32] [--chunks 0,4096,2048] [--run]
+    python experiments/benchmarks/profile_prefill.py [--length 32768] [--dtype float32] [--chunks 0,4096,2048] [--run]
 
 The model is bench_eval's SmolLM2-135M. For each chunk size (0: one pass) the prefill of a
 `--length`-token prompt into a KV cache of length + 8 slots is compiled (cache and last-position

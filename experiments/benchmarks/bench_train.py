@@ -3,7 +3,7 @@ PyTorch, the same Llama-style model, batch, length and dtype (float32), AdamW wi
 clipping on both sides, measured in the same run: each side in its own processes, alternating
 (jax, torch, jax, torch: --rounds 2), --steps timed steps per process after 2 warm-up steps.
 
-    python experiments/bench_train.py [--quick] [--json PATH] [--steps 3] [--rounds 2]
+    python experiments/benchmarks/bench_train.py [--quick] [--json PATH] [--steps 3] [--rounds 2]
 
 Full mode adds the long-context table: one step of the 20M model at 4k..32k tokens with `chunked`
 and with `flash_cpu` attention and a chunked loss, peak memory per length (--quick skips it).
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (name, hidden, layers, heads, intermediate); vocabulary 32000 (Llama 2's) for all.
 SIZES = {
     "20M": (256, 4, 4, 688),

@@ -1,12 +1,12 @@
 """XLA's compile-time memory plan for one training step of the real model (SmolLM2-135M, the
 configs/smollm2_yarn_32k.py recipe, float32) at several lengths: temporaries, arguments, outputs.
 
-    python experiments/profile_train_memory.py --lengths 1024,2048,4096 [--remat full|dots|none] [--loss-chunk 2048]
+    python experiments/benchmarks/profile_train_memory.py --lengths 1024,2048,4096 [--remat full|dots|none] [--loss-chunk 2048]
 
 Compiles only (nothing runs), so it shows in a minute what a length would need before a real step
 is tried. Written when the recipe's 16k-token runlocal step was killed for memory on a 24 GiB
 machine; it found the cause (remat's recomputation scheduled into the forward pass, fixed by
-model.remat_layer): see experiments/results/bench.md, "Real model: one training step".
+model.remat_layer): see experiments/benchmarks/results/bench.md, "Real model: one training step".
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> None:

@@ -2,7 +2,7 @@
 bench_eval's model) through `evaluate.perplexity`'s compiled program, under jax.profiler, its XLA
 ops grouped by kind.
 
-    python experiments/profile_eval.py [--length 4096] [--dtype float32] [--top 15]
+    python experiments/benchmarks/profile_eval.py [--length 4096] [--dtype float32] [--top 15]
 
 Ops are classified from the compiled HLO as profile_train_step.py does (matmul, the flash_cpu
 attention kernel, loops such as the chunked loss, elementwise/other), plus oneDNN products (the
