@@ -46,9 +46,9 @@ from yarn_jax import sharding
 
 IMPLEMENTATIONS = ("xla", "chunked", "flash_cpu", "cudnn", "splash", "auto")
 _NEG = -1e30  # finite "minus infinity": keeps exp() and max() NaN-free on fully masked rows
-# chunked attention's default block: across the CPU shapes probed (experiments/benchmarks/results/bench.md,
-# block size section) it was never far from the best, while smaller and larger blocks each lost
-# badly at one end of the range.
+# chunked attention's default block: across the CPU shapes probed it was never far from the best,
+# while smaller and larger blocks each lost badly at one end of the range (bench.md, "Measurements
+# behind design choices in the code").
 DEFAULT_BLOCK_SIZE = 256
 _AUTO_CHUNKED_FROM = 1024  # sequence length from which `auto` prefers chunked over the dense kernel
 
@@ -282,7 +282,7 @@ def _group(q, num_kv_heads):
 def _heads_first(q, num_kv_heads):
     """[B, T, H, D] -> [B, K, G*T, D]: each kv head's G query heads stacked along the query axis,
     so logits are one plain batched matmul per (batch, kv head), which XLA's CPU backend runs
-    much faster than a 5-D einsum (bench.md, attention layout)."""
+    much faster than a 5-D einsum (bench.md, "Measurements behind design choices in the code")."""
     b, t, h, d = q.shape
     g = h // num_kv_heads
     return q.reshape(b, t, num_kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, num_kv_heads, g * t, d)

@@ -204,7 +204,7 @@ def matmul_2d(x, kernel, **kwargs):
     """x [..., in] @ kernel [in, out] as one 2-D matmul over the flattened leading dims. The same
     math as jnp.dot; flattening first lets XLA's CPU backend compute the weight gradient
     (contracting batch and length together) without materialising a transposed copy of x or of
-    the output gradient (the measurement is in experiments/benchmarks/results/bench.md)."""
+    the output gradient (bench.md, "Measurements behind design choices in the code")."""
     y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, **kwargs)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
 

@@ -2,8 +2,8 @@
 
 Why: XLA:CPU computes a bfloat16 dot by converting both operands to float32, so a bfloat16 model
 runs no faster than a float32 one; oneDNN, the library under PyTorch's CPU matmuls, runs bfloat16
-products on AMX tiles or AVX512-BF16 where the CPU has them, and float32 ones at least as fast as
-XLA on a transformer layer's shapes (experiments/benchmarks/results/bench.md). ``ModelConfig.matmul`` picks
+products on AMX tiles or AVX512-BF16 where the CPU has them (the bfloat16 rows of bench.md,
+"Long-context evaluation on the real model vs transformers", run through it). ``ModelConfig.matmul`` picks
 it: ``auto`` uses it for bfloat16 on CPU where oneDNN has a bfloat16 matmul for this CPU and no
 device mesh is active (a custom call sees whole arrays; the trainer's sharded steps keep XLA's
 dots), ``onednn`` insists (and is refused, naming what the CPU lacks, where it cannot run),

@@ -353,7 +353,8 @@ _TEMPERATURE = ("mscale", "mscale_all_dim", "attention_factor")
 @dataclasses.dataclass(frozen=True)
 class Method:
     """What the rest of the code needs to know about a method (transformers' ``ROPE_INIT_FUNCTIONS``
-    is the model: one function per name, plus the facts other modules used to keep in side tables).
+    is the model: one function per name, plus the facts about the method other modules need, kept
+    here rather than in tables of their own).
 
     Attributes:
       inv_freq: ``(spec, seq_len) -> (inv_freq float32 [d/2], attention_scaling)``.

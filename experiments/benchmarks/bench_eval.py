@@ -214,7 +214,7 @@ def seconds_per_decode_step(decode, state, logits, cache, steps: int) -> float:
         logits, cache = decode(state, token, cache)
         token = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)
     # JAX dispatches asynchronously: without this wait the prefill still running (tens of seconds)
-    # would be timed as decoding (the first edition of bench_eval's rows did exactly that).
+    # would be timed as decoding.
     jax.block_until_ready((token, cache))
     start = time.perf_counter()
     for _ in range(steps):

@@ -41,13 +41,12 @@ from common import CommandLog, machine, run_command  # noqa: E402
 
 L = 8192
 SETTINGS = {
-    # Sized to the 2-core budget from rates measured in the first attempt (bfloat16, 300-420 tokens/s
-    # at 16k on this VM: 40-55 s per 16k window, ~3 min per 32k window, a passkey prompt costs a
-    # window of its length): 4 books x 11 methods at 2k..16k (about 40 min), none/yarn s=4/
-    # dynamic_yarn on 2 books at 32k (~15 min), passkey at 16k = 2L for the four methods plus `none`
-    # at 4k and 8k (~40 min): 73 min, the first run. Its second part, the passkey grid's other
-    # cells (12k for the four methods, 4k and 8k for the three scaled ones), adds ~40 min: the
-    # whole study is over the 90-minute budget, and the 8 books (another ~27 min) did not fit.
+    # Sized to a 2-core budget from measured rates (bfloat16 on an AMX CPU, 300-420 tokens/s at 16k:
+    # 40-55 s per 16k window, ~3 min per 32k window; a passkey prompt costs a window of its length):
+    # 4 books x 11 methods at 2k..16k (about 40 min), none/yarn s=4/dynamic_yarn on 2 books at 32k
+    # (~15 min), passkey at 16k = 2L for the four methods plus `none` at 4k and 8k (~40 min), and the
+    # passkey grid's other cells (12k for the four methods, 4k and 8k for the three scaled ones,
+    # ~40 min). Each further book costs about 7 minutes at 2k..16k.
     "full": dict(books=4, lengths=(2048, 4096, 8192, 16384), long_books=2, long_length=32768,
                  passkey_lengths=(16384,), control_lengths=(4096, 8192), between_lengths=(12288,),
                  passkey_trials=10, passkey_depths=5),
@@ -119,8 +118,8 @@ def pipeline(mode: str, p: dict, work: str, out: str, dtype: str = "auto") -> No
          *ropes(PASSKEY_METHODS), "--json", f"{prefix}_passkey.json"], log)
     run([*evaluate, "passkey", *common, "--lengths", ",".join(map(str, p["control_lengths"])), *passkey,
          *ropes(("none",)), "--json", f"{prefix}_passkey_control.json"], log)
-    # The grid's other cells (run after the first edition's three commands, so a study that had
-    # them resumes): the scaled methods inside L, and every method between L and 2L.
+    # The grid's other cells, after the three commands above (a study stopped after them resumes
+    # here): the scaled methods inside L, and every method between L and 2L.
     run([*evaluate, "passkey", *common, "--lengths", ",".join(map(str, p["control_lengths"])), *passkey,
          *ropes(PASSKEY_METHODS[1:]), "--json", f"{prefix}_passkey_inside.json"], log)
     run([*evaluate, "passkey", *common, "--lengths", ",".join(map(str, p["between_lengths"])), *passkey,
