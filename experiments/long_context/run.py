@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))  # the shared experiments modules
 
 import corpus  # noqa: E402
-from common import cpu_description, run_command  # noqa: E402
+from common import machine, run_command  # noqa: E402
 
 L = 8192
 ROPES = {
@@ -206,7 +206,7 @@ def main(argv=None) -> None:
         books = corpus.books_dir() or corpus.fetch()
         from yarn_jax import model as model_lib
 
-        log = {"cpu": cpu_description(), "dtype": model_lib.auto_dtype()[0], "runs": {}}
+        log = {**machine(), "dtype": model_lib.auto_dtype()[0], "runs": {}}
         for name, command in commands(model, books, out).items():
             log["runs"][name] = run_command(command)
             with open(log_path, "w") as f:
