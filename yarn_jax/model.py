@@ -766,8 +766,9 @@ def generate(model: Decoder, prompt_ids, max_new_tokens: int, *, temperature: fl
     The prompts are the first ``prompt_length`` tokens of each row (default W; the rest is
     padding): prompts of different lengths padded to one width W share one compiled program,
     (shapes, sampling mode). ``prompt_length`` may be one per row (a sequence of B ints): a batch
-    of prompts of different lengths, each row continued from its own last token (every row's
-    tokens equal its own unbatched run). The prompt is prefilled in one causal pass through the model's
+    of prompts of different lengths, each row continued from its own last token (each row computes
+    what its own unbatched run does; tested token for token in float32 on CPU, where the batch shape
+    does not change the rounding). The prompt is prefilled in one causal pass through the model's
     attention kernel (``Decoder.prefill``) into a KV cache of W + max_new_tokens slots; then one
     token per step in a ``lax.scan``. With ``eos_id`` the steps stop once every row has generated
     it (a ``lax.while_loop``; the rest of each row is ``eos_id``): a short answer costs a few
