@@ -244,7 +244,7 @@ def table(results: list[dict], task: str) -> str:
 
 def _report(args, results: list[dict], variants, inputs: dict) -> dict:
     absolute, relative = _effective_lengths(results, args.threshold)
-    print(f"\nRULER, {args.samples} samples per task and length (string_match_all x100, 95 % bootstrap interval); "
+    print(f"\nRULER, {args.samples} sample{'s' if args.samples != 1 else ''} per task and length (string_match_all x100, 95 % bootstrap interval); "
           f"essay haystack {args.data if any(ruler.TASKS[n].needs_text for n in inputs['tasks']) else 'unused'}\n")
     for name in inputs["tasks"]:
         print(f"{name}\n\n{table(results, name)}\n")

@@ -151,7 +151,7 @@ def main(argv=None) -> None:
     import report
 
     path = report.write(mode, out)
-    print(f"\nreport: {path}")
+    print(f"\nreport: {os.path.relpath(path, ROOT)}")
 
 
 if __name__ == "__main__":
