@@ -4,6 +4,7 @@ rules, the claim JSON, the passkey format and the report, on synthetic numbers (
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -196,19 +197,14 @@ def test_c8_is_untestable_without_retrieval_at_L():
     assert c8["verdict"] == claims.INCONCLUSIVE and "untestable" in c8["note"]
 
 
-def test_passkey_prompts_have_the_exact_length():
-    for n in (256, 512, 1024):
-        for depth in (0.0, 0.37, 1.0):
-            prompt = corpora.prompt_for_length(12345, depth, n)
-            assert 1 + len(prompt.encode()) + len(corpora.answer_text(12345).encode()) == n
-            assert prompt.endswith("The pass key is") and "The pass key is 12345. Remember it." in prompt
+def test_passkey_documents_use_the_scored_format():
+    """Pretraining's passkey documents are evaluate passkey_margin's bare prompt plus the answer
+    (the exact-length prompts it scores: tests/test_passkey_margin.py)."""
     early, late = corpora.passkey_text(11111, 0.0, 300), corpora.passkey_text(11111, 1.0, 300)
     assert early.index("11111") < late.index("11111")
-    trials = corpora.draw_trials(100, 3)
-    assert all(t["key"] != t["control_key"] and 10000 <= t["key"] < 100000 for t in trials)
-    assert trials == corpora.draw_trials(100, 3)
     docs = corpora.passkey_documents(50, 256, 0)
     assert all(128 <= len(d) <= 254 and d.endswith(".") for d in docs)
+    assert all(re.search(r"The pass key is (\d{5})\. Remember it\..*The pass key is \1\.$", d, re.S) for d in docs)
 
 
 def test_chunks_and_prefix_bytes():

@@ -14,25 +14,21 @@
   gives their common lines the same train/validation split: the fine-tuning runs' validation
   documents were never trained on in pretraining either.
 
-The passkey format (``passkey_text``) is the landmark prompt of the YaRN repository without its
-preamble (which alone is longer than L = 256 byte tokens): filler sentences split at the key's
-depth, the key line, the rest of the filler, the question; the answer is " KEY.".
+The passkey format (``passkey_text``: ``evaluate passkey_margin``'s bare prompt) is the landmark
+prompt of the YaRN repository without its preamble (which alone is longer than L = 256 byte
+tokens): filler sentences split at the key's depth, the key line, the rest of the filler, the
+question; the answer is " KEY.". The passkey cells score it with that task.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-QUESTION = "\nWhat is the pass key? The pass key is"
-
-
-def key_line(key: int) -> str:
-    return f"The pass key is {key}. Remember it. {key} is the pass key. "
+from yarn_jax.eval_passkey_margin import QUESTION, key_line
+from yarn_jax.eval_passkey_margin import bare_prompt as passkey_text
 
 
 def answer_text(key: int) -> str:
@@ -41,36 +37,6 @@ def answer_text(key: int) -> str:
 
 PROMPT_OVERHEAD = len(key_line(12345)) + len(QUESTION)  # bytes of a prompt without filler (5-digit keys)
 ANSWER_BYTES = len(answer_text(12345))
-
-
-def passkey_text(key: int, depth: float, filler_bytes: int) -> str:
-    """The prompt (ending with "The pass key is"): ``filler_bytes`` bytes of filler, the key line
-    inserted at the sentence boundary nearest ``depth`` (0 = first, 1 = last) of it."""
-    if filler_bytes < 0:
-        raise ValueError(f"filler_bytes: must be >= 0; got {filler_bytes}")
-    filler = (FILLER * (filler_bytes // len(FILLER) + 1))[:filler_bytes]
-    bounds = [0] + [m.end() for m in re.finditer(r"\. ", filler)] + [filler_bytes]
-    cut = min(bounds, key=lambda b: abs(b - depth * filler_bytes))
-    return filler[:cut] + key_line(key) + filler[cut:] + QUESTION
-
-
-def prompt_for_length(key: int, depth: float, length: int) -> str:
-    """The prompt whose tokens, with BOS in front and the answer after, are exactly ``length``
-    byte tokens."""
-    return passkey_text(key, depth, length - 1 - PROMPT_OVERHEAD - ANSWER_BYTES)
-
-
-def draw_trials(n: int, seed: int) -> list[dict]:
-    """n trials: a random 5-digit key, a random other key for the control prompt, a random depth."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        key = int(rng.integers(10000, 100000))
-        control = key
-        while control == key:
-            control = int(rng.integers(10000, 100000))
-        out.append({"key": key, "control_key": control, "depth": float(rng.uniform(0, 1))})
-    return out
 
 
 def passkey_documents(n: int, L: int, seed: int) -> list[str]:

@@ -26,7 +26,7 @@ Pipeline (every choice drawn by a seed, every command recorded):
    steps and optimizer; yarn's runs stop at N/2.5 steps to be evaluated (C6), then resume to N.
    Each is evaluated under its own rope at L/2 .. 8L and under its matched dynamic variant
    (s = max(4, l'/L)) past s*L, on both corpora.
-5. Passkey with a control key (``passkey.py``) at L, 2L, s*L: pretrained and every fine-tuned model.
+5. Passkey with a control key (``evaluate passkey_margin``) at L, 2L, s*L: pretrained and every fine-tuned model.
 6. Verdicts (``claims.py``), ``experiments/small_scale/results/small_scale.json`` (claims and tables),
    ``small_scale_documents.json`` (every per-document / per-trial number) and the report
    (``report.py``).
@@ -355,24 +355,12 @@ def _minus(a: dict, b: dict) -> tuple[list, list]:
 
 def passkey_cell(checkpoint: str, rope: str | None, lengths: list[int], p: dict, evals: str, name: str, log: CommandLog,
                  check_generation: bool = False) -> list[dict]:
-    import passkey
-
-    out = os.path.join(evals, f"{name}.json")
-    if not os.path.exists(out):
-        start = time.perf_counter()
-        print(f"\npasskey {name}: {rel(checkpoint)} rope {rope or 'its own'} at {lengths}, {p['passkey_trials']} trials",
-              flush=True)
-        rows = passkey.run(checkpoint, rope, lengths, p["passkey_trials"], p["data_seed"], check_generation)
-        for r in rows:
-            print(f"  {r['length']}: accuracy {100 * r['accuracy']:.0f}%, key log-prob margin over control "
-                  f"{r['mean_margin']:+.2f} nats" + (f", generation {100 * r['generation']['accuracy']:.0f}% (agreement "
-                                                     f"{100 * r['generation']['agreement']:.0f}%)" if 'generation' in r else ""))
-        with open(out, "w") as f:
-            json.dump(rows, f)
-        log.add(f"passkey.run({rel(checkpoint)!r}, {rope!r}, {lengths}, trials={p['passkey_trials']}, "
-                f"seed={p['data_seed']})", time.perf_counter() - start, "passkey")
-    with open(out) as f:
-        return json.load(f)
+    """Passkey with a control key (``evaluate passkey_margin``, the bare prompt) for one checkpoint
+    under one rope (None: its own), in the checkpoint's float32."""
+    argv = ["passkey_margin", "--checkpoint", checkpoint, "--lengths", ",".join(map(str, lengths)), "--trials",
+            str(p["passkey_trials"]), "--seed", str(p["data_seed"]), "--prompt", "bare", "--dtype", "float32",
+            *(["--rope", rope] if rope else []), *(["--check-generation"] if check_generation else [])]
+    return evaluate(argv, os.path.join(evals, f"{name}.json"), log, "passkey")
 
 
 # ------------------------------------------------------------------------------------------------
