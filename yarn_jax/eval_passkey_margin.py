@@ -39,7 +39,7 @@ from flax import nnx
 from yarn_jax import model as model_lib
 from yarn_jax import rope as rope_lib
 from yarn_jax.eval_ruler import bootstrap_interval
-from yarn_jax.evaluate import EvalError, Task, memory_estimate, passkey_prompt, register
+from yarn_jax.evaluate import EvalError, Task, largest_fitting, memory_estimate, passkey_prompt, register
 from yarn_jax.progress import Progress
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -80,19 +80,6 @@ def draw_trials(n: int, seed: int) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _largest(size, target: int) -> int:
-    """The largest n >= 0 with size(n) <= target (size non-decreasing in n); -1 when there is none."""
-    if size(0) > target:
-        return -1
-    low, high = 0, 1
-    while size(high) <= target:
-        low, high = high, high * 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if size(mid) <= target else (low, mid)
-    return low
-
-
 def _answer(tokenizer, key: int) -> tuple[list[int], list[int]]:
     """The key's tokens (" K") and the token that closes the answer ("."), encoded on their own."""
     return tokenizer.encode(f" {key}"), tokenizer.encode(".")[:1]
@@ -109,7 +96,7 @@ def filler_size(tokenizer, style: str, trials: list[dict], length: int) -> int:
     in ``length`` tokens (one size for the length, so a trial's two prompts differ only in the key)."""
     answer = max(sum(map(len, _answer(tokenizer, t["key"]))) for t in trials)
     budget = length - 1 - answer
-    size = _largest(lambda n: len(tokenizer.encode(_text(style, 12345, 0.5, n))), budget)
+    size = largest_fitting(lambda n: len(tokenizer.encode(_text(style, 12345, 0.5, n))), budget)
 
     def longest(n):
         return max(len(tokenizer.encode(_text(style, t[held], t["depth"], n)))

@@ -131,12 +131,14 @@ def _generate(model, samples: list[ruler.Sample], length: int, eos_id: int, pad_
         ids[row, :len(sample.prompt_ids)] = sample.prompt_ids
     out = np.asarray(model_lib.generate(model, ids, BUDGET, prompt_length=[len(s.prompt_ids) for s in samples],
                                         eos_id=eos_id))
-    texts = []
-    for tokens, sample in zip(out, samples):
-        tokens = tokens[:sample.tokens_to_generate]
-        stop = np.flatnonzero(tokens == eos_id)
-        texts.append(decode(tokens[:stop[0]] if len(stop) else tokens))
-    return texts
+    return [answer_text(tokens, sample, eos_id, decode) for tokens, sample in zip(out, samples)]
+
+
+def answer_text(tokens, sample: ruler.Sample, eos_id: int, decode) -> str:
+    """Generated tokens as scored: cut at the task's budget, then at the first EOS, decoded."""
+    tokens = np.asarray(tokens)[:sample.tokens_to_generate]
+    stop = np.flatnonzero(tokens == eos_id)
+    return decode(tokens[:stop[0]] if len(stop) else tokens)
 
 
 def bootstrap_interval(scores: list[np.ndarray], seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES):

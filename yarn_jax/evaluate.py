@@ -332,20 +332,29 @@ def passkey_prompt(key: int, filler_repeats: int, depth: float) -> str:
                       " ".join([FILLER] * (filler_repeats - before)), QUESTION])
 
 
+def largest_fitting(size, target: int) -> int:
+    """The largest n >= 0 with size(n) <= target (size non-decreasing in n); -1 when there is none.
+    Doubling then bisection: about 2 log2(n) calls of ``size`` (each one tokenizes a prompt)."""
+    if size(0) > target:
+        return -1
+    low, high = 0, 1
+    while size(high) <= target:
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if size(mid) <= target else (low, mid)
+    return low
+
+
 def _repeats_for(tokenizer, target_tokens: int) -> int:
     """The most filler repeats whose prompt (with BOS) fits in target_tokens tokens."""
     def size(n):
         return len(tokenizer.encode(passkey_prompt(12345, n, 0.5))) + 1
 
-    low, high = 0, 1
-    while size(high) <= target_tokens:
-        low, high = high, high * 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if size(mid) <= target_tokens else (low, mid)
-    if size(low) > target_tokens:
+    repeats = largest_fitting(size, target_tokens)
+    if repeats < 0:
         raise EvalError(f"--lengths {target_tokens}: shorter than the passkey prompt without filler ({size(0)} tokens)")
-    return low
+    return repeats
 
 
 def _digit_token_ids(tokenizer) -> list[int] | None:

@@ -348,17 +348,14 @@ def _write(buffer, new, index):
     """Keys or values new [B, t, K, D] into a layer's cache buffer [B*K, S, D] at slots
     index..index+t-1 (``index``: one for the batch, or one per row [B])."""
     new = new.transpose(0, 2, 1, 3).reshape(-1, new.shape[1], new.shape[3]).astype(buffer.dtype)
-    if jnp.ndim(index):  # rows at different slots: one update per (row, kv head)
+    if jnp.ndim(index):  # rows at different slots: the buffer's rows are (batch row, kv head) pairs
         index = jnp.repeat(index, buffer.shape[0] // index.shape[0])
-        update = jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis=0))
-    else:
-        update = lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis=1)  # noqa: E731
     if buffer.dtype.itemsize == 2:
         # XLA's CPU backend computes a bfloat16 dynamic-update-slice in float32, converting the
         # whole buffer both ways per token; the same bits as uint16 are written in place.
         bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)  # noqa: E731
-        return jax.lax.bitcast_convert_type(update(bits(buffer), bits(new), index), buffer.dtype)
-    return update(buffer, new, index)
+        return jax.lax.bitcast_convert_type(_rows_update(bits(buffer), bits(new), index), buffer.dtype)
+    return _rows_update(buffer, new, index)
 
 
 class DecoderLayer(nnx.Module):

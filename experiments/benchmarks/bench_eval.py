@@ -160,9 +160,10 @@ def ruler_samples(tokenizer, length: int) -> list:
 
 
 def answer_text(tokenizer, tokens, sample) -> str:
-    """Generated tokens cut at the task's budget and at EOS, as `evaluate ruler` scores them."""
-    tokens = list(tokens)[:sample.tokens_to_generate]
-    return tokenizer.decode(tokens[:tokens.index(tokenizer.eos_id)] if tokenizer.eos_id in tokens else tokens)
+    """Generated tokens cut and decoded as `evaluate ruler` scores them."""
+    from yarn_jax import eval_ruler
+
+    return eval_ruler.answer_text(tokens, sample, tokenizer.eos_id, tokenizer.decode)
 
 
 def jax_ruler(model, tokenizer, length: int) -> dict:
